@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The project's main command: one machine, one command. Installs and starts the Docker
+# engine, builds the stack image if missing, builds deis-builder and serves with the
+# embedded defaults (standalone controller, objects in the data dir, images kept in the
+# local engine). Extra arguments are passed to `deis-builder serve`.
+#
+# Settings: DEIS_DATA_DIR, DEIS_SSH_ADDR (0.0.0.0:2222), DEIS_HTTP_ADDR (127.0.0.1:8092),
+# DEIS_STACK_IMAGE, CARGO_TARGET_DIR.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$repo_root/scripts/lib.sh"
+
+ensure_packages
+ensure_docker
+ensure_stack_image
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/deis-builder/target}
+log "cargo build --release"
+(cd "$repo_root" && cargo build --release)
+
+data_dir=${DEIS_DATA_DIR:-$HOME/.local/share/deis-builder}
+ssh_addr=${DEIS_SSH_ADDR:-0.0.0.0:2222}
+http_addr=${DEIS_HTTP_ADDR:-127.0.0.1:8092}
+mkdir -p "$data_dir"
+
+cat <<EOF
+
+deis-builder
+  data dir:   $data_dir
+  ssh:        $ssh_addr
+  http:       $http_addr
+  stack:      $DEIS_STACK_IMAGE
+
+Allow a key to push (the key's comment becomes the user name):
+  cat ~/.ssh/id_ed25519.pub >> $data_dir/authorized_keys
+
+Then push an app:
+  git remote add deis ssh://git@localhost:2222/myapp.git
+  git push deis master
+
+EOF
+
+exec "$CARGO_TARGET_DIR/release/deis-builder" serve \
+    --data-dir "$data_dir" \
+    --ssh-addr "$ssh_addr" \
+    --http-addr "$http_addr" \
+    --stack-image "$DEIS_STACK_IMAGE" \
+    "$@"

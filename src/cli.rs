@@ -1,0 +1,98 @@
+//! Command-line interface: every flag can also come from the environment, with the
+//! Deis Workflow names where operators already set one.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "deis-builder", version, about = "git push builder and slug pipeline")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the SSH git server, the build pipeline and the health endpoints.
+    Serve(Box<ServeArgs>),
+    /// Git pre-receive hook: relays a push to the running server (installed by the server).
+    Hook,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for repositories, host keys, local storage and standalone-controller state.
+    #[arg(long, env = "DEIS_BUILDER_DATA_DIR", default_value = "/var/lib/deis-builder")]
+    pub data_dir: PathBuf,
+
+    /// SSH listen address [default: $SSH_HOST_IP:$SSH_HOST_PORT, or 0.0.0.0:2223]
+    #[arg(long, env = "DEIS_BUILDER_SSH_ADDR")]
+    pub ssh_addr: Option<String>,
+
+    /// HTTP listen address for /healthz and /readiness [default: 0.0.0.0:$HEALTH_SERVER_PORT, or 0.0.0.0:8092]
+    #[arg(long, env = "DEIS_BUILDER_HTTP_ADDR")]
+    pub http_addr: Option<String>,
+
+    /// Deis Workflow controller base URL; without it the built-in standalone controller is used
+    /// [default: from $DEIS_CONTROLLER_SERVICE_HOST and $DEIS_CONTROLLER_SERVICE_PORT when set]
+    #[arg(long, env = "DEIS_CONTROLLER_URL")]
+    pub controller_url: Option<String>,
+
+    /// Shared secret sent to the controller as X-Deis-Builder-Auth.
+    #[arg(long, env = "DEIS_BUILDER_KEY", hide_env_values = true)]
+    pub builder_key: Option<String>,
+
+    /// File holding the builder key (used when --builder-key is not given).
+    #[arg(long, env = "DEIS_BUILDER_KEY_FILE")]
+    pub builder_key_file: Option<PathBuf>,
+
+    /// Controller request timeout, e.g. `30s`.
+    #[arg(long, env = "DEIS_BUILDER_CONTROLLER_TIMEOUT", default_value = "30s")]
+    pub controller_timeout: String,
+
+    /// Standalone mode: OpenSSH authorized_keys file; the key comment is the user name
+    /// [default: DATA_DIR/authorized_keys]
+    #[arg(long, env = "DEIS_BUILDER_AUTHORIZED_KEYS")]
+    pub authorized_keys: Option<PathBuf>,
+
+    /// Object storage: a local directory, or `s3://BUCKET` [default: DATA_DIR/storage]
+    #[arg(long, env = "DEIS_BUILDER_STORAGE")]
+    pub storage: Option<String>,
+
+    /// S3 endpoint for S3-compatible servers (MinIO, Ceph, moto, …); AWS when not set.
+    #[arg(long, env = "DEIS_BUILDER_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// Use virtual-hosted-style S3 URLs instead of path-style ones.
+    #[arg(long, env = "DEIS_BUILDER_S3_VIRTUAL_HOSTED")]
+    pub s3_virtual_hosted: bool,
+
+    /// Image that buildpack builds run in.
+    #[arg(long, env = "DEIS_BUILDER_STACK_IMAGE", default_value = "deis-builder/stack:bookworm")]
+    pub stack_image: String,
+
+    /// SSH host key file(s) in OpenSSH format [default: DATA_DIR/ssh_host_ed25519_key, generated on first start]
+    #[arg(long = "host-key", env = "DEIS_BUILDER_HOST_KEYS", value_delimiter = ',')]
+    pub host_keys: Vec<PathBuf>,
+
+    /// Network for build containers: `none` (default, no network) or an engine network such as `host`.
+    #[arg(long, env = "DEIS_BUILDER_BUILD_NETWORK", default_value = "none")]
+    pub build_network: String,
+
+    /// Memory limit of a build container, e.g. `2g`, `512m`.
+    #[arg(long, env = "DEIS_BUILDER_BUILD_MEMORY", default_value = "2g")]
+    pub build_memory: String,
+
+    /// Process limit of a build container.
+    #[arg(long, env = "DEIS_BUILDER_BUILD_PIDS", default_value_t = 1024)]
+    pub build_pids: i64,
+
+    /// Longest a buildpack build may run, e.g. `15m`.
+    #[arg(long, env = "DEIS_BUILDER_BUILD_TIMEOUT", default_value = "15m")]
+    pub build_timeout: String,
+
+    /// Log format: `human` or `json`.
+    #[arg(long, env = "DEIS_BUILDER_LOG_FORMAT", default_value = "human")]
+    pub log_format: String,
+}

@@ -1,0 +1,262 @@
+//! The only code that talks to the Docker engine: build containers, their input and
+//! output archives, and the start-up sweep of anything a previous run left behind.
+
+use std::collections::HashMap;
+use std::io;
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+
+/// Every container we create carries this label (value: the builder instance id).
+pub const LABEL_INSTANCE: &str = "io.deis.builder.instance";
+pub const LABEL_APP: &str = "io.deis.builder.app";
+pub const LABEL_PUSH: &str = "io.deis.builder.push";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker engine: {0}")]
+    Connect(String),
+    #[error("stack image {0} is not in the Docker engine (build it with the project's set-up script)")]
+    MissingImage(String),
+    #[error("Docker engine error while {action}: {message}")]
+    Api { action: &'static str, message: String },
+}
+
+fn api(action: &'static str) -> impl Fn(bollard::errors::Error) -> EngineError {
+    move |e| EngineError::Api {
+        action,
+        message: e.to_string(),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    instance: String,
+}
+
+/// What a buildpack build container looks like.
+#[derive(Debug, Clone)]
+pub struct BuildContainerSpec {
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub user: String,
+    pub network: String,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+    pub app: String,
+    pub push_id: String,
+}
+
+impl Engine {
+    /// Connects through `DOCKER_HOST` (or the default socket) and agrees on an API version
+    /// both sides speak, rather than assuming the client's newest.
+    pub async fn connect(instance: String, request_timeout: Duration) -> Result<Engine, EngineError> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| EngineError::Connect(e.to_string()))?
+            .with_timeout(request_timeout)
+            .negotiate_version()
+            .await
+            .map_err(|e| EngineError::Connect(e.to_string()))?;
+        Ok(Engine { docker, instance })
+    }
+
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        self.docker
+            .ping()
+            .await
+            .map(drop)
+            .map_err(|e| EngineError::Connect(e.to_string()))
+    }
+
+    pub async fn require_image(&self, image: &str) -> Result<(), EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Err(EngineError::MissingImage(image.to_owned()))
+            }
+            Err(e) => Err(api("inspecting the stack image")(e)),
+        }
+    }
+
+    /// Removes every container this builder instance left behind (after a crash or kill).
+    pub async fn sweep(&self) -> Result<Vec<String>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_INSTANCE}={}", self.instance)],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let leftovers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api("listing leftover containers"))?;
+        let mut removed = Vec::new();
+        for container in leftovers {
+            let Some(id) = container.id else { continue };
+            remove_container(&self.docker, &id).await?;
+            removed.push(id);
+        }
+        Ok(removed)
+    }
+
+    /// Counts this instance's containers; used by tests and health output.
+    pub async fn count_containers(&self) -> Result<usize, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_INSTANCE}={}", self.instance)],
+        )]);
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let found = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(api("listing containers"))?;
+        Ok(found.len())
+    }
+
+    /// Creates (does not start) a locked-down build container.
+    pub async fn create_build_container(&self, spec: &BuildContainerSpec) -> Result<BuildContainer, EngineError> {
+        let labels = HashMap::from([
+            (LABEL_INSTANCE.to_owned(), self.instance.clone()),
+            (LABEL_APP.to_owned(), spec.app.clone()),
+            (LABEL_PUSH.to_owned(), spec.push_id.clone()),
+        ]);
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            env: Some(spec.env.clone()),
+            user: Some(spec.user.clone()),
+            working_dir: Some("/app".to_owned()),
+            labels: Some(labels),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            network_disabled: Some(spec.network == "none"),
+            host_config: Some(HostConfig {
+                network_mode: Some(spec.network.clone()),
+                memory: Some(spec.memory_bytes),
+                memory_swap: Some(spec.memory_bytes),
+                pids_limit: Some(spec.pids_limit),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None, body)
+            .await
+            .map_err(api("creating the build container"))?;
+        Ok(BuildContainer {
+            docker: self.docker.clone(),
+            id: created.id,
+            removed: false,
+        })
+    }
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), EngineError> {
+    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Err(e) => Err(api("removing a container")(e)),
+    }
+}
+
+/// A build container. Removed by [`BuildContainer::remove`], or in the background if dropped
+/// on any other path (error, cancellation), so none outlives its build.
+#[derive(Debug)]
+pub struct BuildContainer {
+    docker: Docker,
+    id: String,
+    removed: bool,
+}
+
+impl BuildContainer {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Streams a tar archive into the container, unpacked at `/`.
+    pub async fn upload(
+        &self,
+        tar: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
+    ) -> Result<(), EngineError> {
+        let options = UploadToContainerOptionsBuilder::new().path("/").build();
+        self.docker
+            .upload_to_container(&self.id, Some(options), bollard::body_try_stream(tar))
+            .await
+            .map_err(api("copying the build input into the container"))
+    }
+
+    pub async fn start(&self) -> Result<(), EngineError> {
+        self.docker
+            .start_container(&self.id, None)
+            .await
+            .map_err(api("starting the build container"))
+    }
+
+    /// Everything the container writes, as it writes it.
+    pub fn output(&self) -> impl Stream<Item = Result<Bytes, EngineError>> + Send + 'static {
+        let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
+        self.docker
+            .logs(&self.id, Some(options))
+            .map_ok(|chunk| chunk.into_bytes())
+            .map_err(api("reading build output"))
+    }
+
+    /// The container's exit code once it stops.
+    pub async fn wait(&self) -> Result<i64, EngineError> {
+        let mut waits = self.docker.wait_container(&self.id, None);
+        match waits.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(api("waiting for the build")(e)),
+            None => Err(EngineError::Api {
+                action: "waiting for the build",
+                message: "the engine closed the wait stream".into(),
+            }),
+        }
+    }
+
+    /// A tar archive of `path` in the container; entries are named after its last component.
+    pub fn download(&self, path: &str) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let options = DownloadFromContainerOptionsBuilder::new().path(path).build();
+        self.docker
+            .download_from_container(&self.id, Some(options))
+            .map_err(|e| io::Error::other(format!("copying the build output: {e}")))
+    }
+
+    pub async fn remove(mut self) -> Result<(), EngineError> {
+        self.removed = true;
+        remove_container(&self.docker, &self.id).await
+    }
+}
+
+impl Drop for BuildContainer {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let docker = self.docker.clone();
+        let id = std::mem::take(&mut self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = remove_container(&docker, &id).await {
+                    tracing::error!(%error, container = %id, "cannot remove build container");
+                }
+            });
+        }
+    }
+}

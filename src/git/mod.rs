@@ -1,0 +1,437 @@
+//! Git side of a push: one bare repository per app, a per-app lock, `git receive-pack` /
+//! `git upload-pack` spawned for the SSH channel, and read access to pushed trees.
+//!
+//! The build does not run in git's hook process: the pre-receive hook is a thin relay
+//! (`deis-builder hook`, see [`hook`]) that hands the push to this server over a unix socket.
+
+pub mod hook;
+pub mod lock;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::names::{AppName, CommitId};
+use crate::ssh::command::{GitCommand, GitService};
+use lock::AppLocks;
+
+/// Environment variables that carry a push from `git receive-pack` to its hook.
+pub const ENV_HOOK_SOCKET: &str = "DEIS_BUILDER_HOOK_SOCKET";
+pub const ENV_PUSH_ID: &str = "DEIS_BUILDER_PUSH_ID";
+pub const ENV_EXE: &str = "DEIS_BUILDER_EXE";
+
+const PRE_RECEIVE_HOOK: &str = "#!/bin/sh\n# Installed by deis-builder: relays the push to the builder.\nexec \"$DEIS_BUILDER_EXE\" hook\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("cannot prepare the repository for {app}: {message}")]
+    Repo { app: AppName, message: String },
+    #[error("git {what} failed: {message}")]
+    Git { what: &'static str, message: String },
+    #[error("{path} in the pushed commit is larger than {limit} bytes")]
+    FileTooLarge { path: String, limit: usize },
+}
+
+/// Where the client's terminal is. Implemented by the SSH channel.
+#[async_trait::async_trait]
+pub trait ClientSink: Send + Sync {
+    /// `false` when the client is gone.
+    async fn stdout(&self, data: Bytes) -> bool;
+    async fn stderr(&self, data: Bytes) -> bool;
+}
+
+/// A push waiting for its pre-receive hook to call back.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingPush {
+    pub app: AppName,
+    pub user: String,
+    pub git_dir: PathBuf,
+    pub cancel: CancellationToken,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PendingPushes {
+    by_id: Arc<Mutex<HashMap<String, PendingPush>>>,
+}
+
+impl PendingPushes {
+    fn insert(&self, id: String, push: PendingPush) {
+        self.lock().insert(id, push);
+    }
+
+    /// Each id is good for one hook call.
+    pub fn take(&self, id: &str) -> Option<PendingPush> {
+        self.lock().remove(id)
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingPush>> {
+        self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GitServer {
+    repos_dir: PathBuf,
+    hook_socket: PathBuf,
+    exe: PathBuf,
+    locks: AppLocks,
+    pending: PendingPushes,
+}
+
+impl GitServer {
+    pub fn new(repos_dir: PathBuf, hook_socket: PathBuf, exe: PathBuf) -> GitServer {
+        GitServer {
+            repos_dir,
+            hook_socket,
+            exe,
+            locks: AppLocks::default(),
+            pending: PendingPushes::default(),
+        }
+    }
+
+    pub fn locks(&self) -> &AppLocks {
+        &self.locks
+    }
+
+    pub(crate) fn pending(&self) -> &PendingPushes {
+        &self.pending
+    }
+
+    pub fn repo_path(&self, app: &AppName) -> PathBuf {
+        self.repos_dir.join(format!("{app}.git"))
+    }
+
+    /// Serves one exec request to completion and returns the exit status for the client.
+    pub async fn serve(
+        &self,
+        command: &GitCommand,
+        user: &str,
+        git_protocol: Option<&str>,
+        stdin: mpsc::Receiver<Bytes>,
+        client: &dyn ClientSink,
+        cancel: CancellationToken,
+    ) -> u32 {
+        let app = &command.app;
+        match command.service {
+            GitService::UploadPack => {
+                let git_dir = self.repo_path(app);
+                if !git_dir.join("HEAD").is_file() {
+                    let msg = format!("fatal: {app} has no git repository yet: push to it first\n");
+                    client.stderr(Bytes::from(msg)).await;
+                    return 128;
+                }
+                let mut cmd = git_command(&git_dir);
+                cmd.args(["upload-pack", "--strict"]).arg(&git_dir);
+                if let Some(protocol) = git_protocol {
+                    cmd.env("GIT_PROTOCOL", protocol);
+                }
+                run_piped(cmd, stdin, client, cancel).await
+            }
+            GitService::ReceivePack => {
+                // Refuse rather than wait: the developer learns at once, and nothing queues
+                // behind a push whose client may never come back.
+                let Some(_lock) = self.locks.try_lock(app) else {
+                    let msg = format!("another push to {app} is in progress; try again when it has finished");
+                    client.stdout(pkt_line_error(&msg)).await;
+                    return 1;
+                };
+                let git_dir = match self.ensure_repo(app).await {
+                    Ok(dir) => dir,
+                    Err(error) => {
+                        tracing::error!(%error, "repository setup failed");
+                        client.stdout(pkt_line_error(&error.to_string())).await;
+                        return 1;
+                    }
+                };
+                let push_id = new_push_id();
+                self.pending.insert(
+                    push_id.clone(),
+                    PendingPush {
+                        app: app.clone(),
+                        user: user.to_owned(),
+                        git_dir: git_dir.clone(),
+                        cancel: cancel.clone(),
+                    },
+                );
+                let mut cmd = git_command(&git_dir);
+                cmd.arg("receive-pack")
+                    .arg(&git_dir)
+                    .env(ENV_HOOK_SOCKET, &self.hook_socket)
+                    .env(ENV_PUSH_ID, &push_id)
+                    .env(ENV_EXE, &self.exe);
+                let status = run_piped(cmd, stdin, client, cancel).await;
+                self.pending.remove(&push_id);
+                status
+            }
+        }
+    }
+
+    /// Creates the bare repository on first push and keeps its hook current.
+    async fn ensure_repo(&self, app: &AppName) -> Result<PathBuf, GitError> {
+        let git_dir = self.repo_path(app);
+        let repo_err = |message: String| GitError::Repo {
+            app: app.clone(),
+            message,
+        };
+        if !git_dir.join("HEAD").is_file() {
+            tokio::fs::create_dir_all(&self.repos_dir)
+                .await
+                .map_err(|e| repo_err(e.to_string()))?;
+            let output = Command::new("git")
+                .args(["init", "--quiet", "--bare", "--initial-branch=master"])
+                .arg(&git_dir)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .output()
+                .await
+                .map_err(|e| repo_err(e.to_string()))?;
+            if !output.status.success() {
+                return Err(repo_err(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+            }
+            // Check every object a client sends: a corrupt or malicious pack is refused by git.
+            let fsck = git_command(&git_dir)
+                .args(["config", "receive.fsckObjects", "true"])
+                .output()
+                .await
+                .map_err(|e| repo_err(e.to_string()))?;
+            if !fsck.status.success() {
+                return Err(repo_err("cannot configure receive.fsckObjects".into()));
+            }
+            tracing::info!(%app, "created repository");
+        }
+        let hook = git_dir.join("hooks").join("pre-receive");
+        let current = tokio::fs::read_to_string(&hook).await.unwrap_or_default();
+        if current != PRE_RECEIVE_HOOK {
+            write_executable(&hook, PRE_RECEIVE_HOOK)
+                .await
+                .map_err(|e| repo_err(format!("cannot install hook: {e}")))?;
+        }
+        Ok(git_dir)
+    }
+}
+
+/// A git command with a clean environment: nothing from the server's own environment
+/// (such as a stray `GIT_DIR`) may change which repository it touches.
+fn git_command(git_dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", git_dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_DIR", git_dir)
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn write_executable(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, content).await?;
+    tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).await?;
+    tokio::fs::rename(&tmp, path).await
+}
+
+fn new_push_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+/// Git prints `fatal: remote error: <msg>` for this instead of a protocol error.
+fn pkt_line_error(message: &str) -> Bytes {
+    let payload = format!("ERR {message}\n");
+    Bytes::from(format!("{:04x}{payload}", payload.len() + 4))
+}
+
+/// Runs a git server process with the client's bytes on stdin and its output on the channel.
+async fn run_piped(
+    mut cmd: Command,
+    mut stdin_rx: mpsc::Receiver<Bytes>,
+    client: &dyn ClientSink,
+    cancel: CancellationToken,
+) -> u32 {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            tracing::error!(%error, "cannot start git");
+            client.stderr(Bytes::from_static(b"fatal: the builder cannot run git\n")).await;
+            return 1;
+        }
+    };
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return 1;
+    };
+    let feed_stdin = async move {
+        while let Some(data) = stdin_rx.recv().await {
+            if stdin.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        // Dropping stdin closes it: git sees the client's EOF.
+    };
+    let relay_out = relay(stdout, |data| client.stdout(data));
+    let relay_err = relay(stderr, |data| client.stderr(data));
+    let finished = async {
+        tokio::join!(feed_stdin, relay_out, relay_err);
+        child.wait().await
+    };
+    tokio::select! {
+        status = finished => match status {
+            Ok(status) => exit_code(status),
+            Err(error) => {
+                tracing::error!(%error, "waiting for git failed");
+                1
+            }
+        },
+        () = cancel.cancelled() => {
+            kill(&mut child).await;
+            1
+        }
+    }
+}
+
+async fn kill(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+fn exit_code(status: std::process::ExitStatus) -> u32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u32::try_from(code).unwrap_or(1),
+        (None, Some(signal)) => 128 + u32::try_from(signal).unwrap_or(0),
+        (None, None) => 1,
+    }
+}
+
+async fn relay<F, Fut>(mut from: impl AsyncRead + Unpin, mut send: F)
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if !send(Bytes::copy_from_slice(&buf[..n])).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Read access to a pushed commit. During the pre-receive hook the new objects are still
+/// in git's quarantine directory, so every command carries the hook's object-directory env.
+#[derive(Debug, Clone)]
+pub struct Source {
+    git_dir: PathBuf,
+    object_env: Vec<(String, String)>,
+}
+
+impl Source {
+    pub(crate) fn new(git_dir: PathBuf, object_env: Vec<(String, String)>) -> Source {
+        Source { git_dir, object_env }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = git_command(&self.git_dir);
+        cmd.envs(self.object_env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Streams the tree of `commit` as a tar archive (no `.git`). The stream ends with an
+    /// error, not early, if git fails, so a consumer never takes a truncated tree for a whole one.
+    pub fn archive(
+        &self,
+        commit: &CommitId,
+    ) -> Result<crate::pipe::ByteStream, GitError> {
+        use futures_util::StreamExt;
+        let mut child = self
+            .command()
+            .args(["archive", "--format=tar", commit.as_str()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| GitError::Git {
+                what: "archive",
+                message: e.to_string(),
+            })?;
+        let stdout = child.stdout.take().ok_or(GitError::Git {
+            what: "archive",
+            message: "no output pipe".into(),
+        })?;
+        let exit_check = futures_util::stream::once(async move {
+            match child.wait().await {
+                Ok(status) if status.success() => Ok(Bytes::new()),
+                Ok(status) => Err(std::io::Error::other(format!("git archive failed ({status})"))),
+                Err(e) => Err(e),
+            }
+        });
+        Ok(Box::pin(tokio_util::io::ReaderStream::new(stdout).chain(exit_check)))
+    }
+
+    /// Contents of `path` in `commit`, `None` when there is no such file.
+    pub async fn read_file(
+        &self,
+        commit: &CommitId,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, GitError> {
+        let git_err = |e: std::io::Error| GitError::Git {
+            what: "cat-file",
+            message: e.to_string(),
+        };
+        let mut child = self
+            .command()
+            .args(["cat-file", "blob", &format!("{commit}:{path}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(git_err)?;
+        let mut data = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            let limit_plus_one = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+            stdout
+                .take(limit_plus_one)
+                .read_to_end(&mut data)
+                .await
+                .map_err(git_err)?;
+        }
+        if data.len() > limit {
+            kill(&mut child).await;
+            return Err(GitError::FileTooLarge {
+                path: path.to_owned(),
+                limit,
+            });
+        }
+        let status = child.wait().await.map_err(git_err)?;
+        Ok(status.success().then_some(data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkt_line_error_has_the_right_length() {
+        let line = pkt_line_error("busy");
+        assert_eq!(&line[..], b"000dERR busy\n");
+    }
+}

@@ -1,0 +1,48 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use deis_builder::cli::{Cli, Command};
+use deis_builder::config::{LogFormat, Settings};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Hook => ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1)),
+        Command::Serve(args) => {
+            let settings = match Settings::from_args(*args) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("deis-builder: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(settings.log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("deis-builder: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(deis_builder::server::run(settings)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("deis-builder: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = if std::env::var_os("DEIS_DEBUG").is_some() { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}

@@ -1,0 +1,182 @@
+//! Start-up and shutdown of `deis-builder serve`: wires settings into the services, binds
+//! the listeners, sweeps what a previous run left behind, and stops cleanly on a signal.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::build::Pipeline;
+use crate::config::{ControllerSettings, Settings, StorageSettings};
+use crate::controller::{Controller, DeisController, StandaloneController};
+use crate::engine::Engine;
+use crate::git::GitServer;
+use crate::ssh::SshServer;
+use crate::storage::{LocalStore, ObjectStore, S3Settings, S3Store};
+
+/// How long running pushes get to finish after SIGTERM before they are cancelled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let data_dir = settings
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve data dir {}", settings.data_dir.display()))?;
+
+    let controller = controller(&settings, &data_dir)?;
+    let store = store(&settings).await?;
+    let engine = Engine::connect(instance_id(&data_dir), settings.build.timeout + Duration::from_secs(600))
+        .await
+        .context("Docker engine")?;
+    engine
+        .require_image(&settings.build.stack_image)
+        .await
+        .context("stack image")?;
+    let swept = engine.sweep().await.context("sweeping leftover containers")?;
+    if !swept.is_empty() {
+        tracing::warn!(count = swept.len(), containers = ?swept, "removed containers left by a previous run");
+    }
+
+    let default_key = settings.host_keys == [settings.data_dir.join("ssh_host_ed25519_key")];
+    let host_keys = crate::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
+
+    let run_dir = data_dir.join("run");
+    std::fs::create_dir_all(&run_dir).context("cannot create run dir")?;
+    let socket = run_dir.join("hook.sock");
+    let _ = std::fs::remove_file(&socket);
+    let hook_listener = UnixListener::bind(&socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    restrict(&socket)?;
+    let exe = std::env::current_exe().context("cannot locate own executable")?;
+    let git = GitServer::new(data_dir.join("repos"), socket, exe);
+
+    let ssh_listener = TcpListener::bind(settings.ssh_addr)
+        .await
+        .with_context(|| format!("cannot listen for SSH on {}", settings.ssh_addr))?;
+    let http_listener = TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+
+    let pipeline = Arc::new(Pipeline {
+        controller: controller.clone(),
+        store: store.clone(),
+        engine: engine.clone(),
+        settings: settings.build.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    tracing::info!(
+        ssh = %crate::ssh::describe_listener(ssh_listener.local_addr()?),
+        http = %http_listener.local_addr()?,
+        controller = %controller.describe(),
+        storage = %store.describe(),
+        stack = %settings.build.stack_image,
+        build_network = %settings.build.network,
+        "deis-builder ready"
+    );
+
+    let ssh = SshServer {
+        config: Arc::new(crate::ssh::server_config(host_keys)),
+        controller: controller.clone(),
+        git: git.clone(),
+    };
+    let health = crate::http::Health {
+        store,
+        engine,
+        controller,
+    };
+    tracker.spawn(crate::git::hook::serve(
+        hook_listener,
+        git,
+        pipeline,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(ssh.run(ssh_listener, shutdown.clone(), tracker.clone()));
+    let http = tokio::spawn(crate::http::serve(http_listener, health, shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; running pushes get {SHUTDOWN_GRACE:?}");
+    tracker.close();
+    let stop_accepting = shutdown.clone();
+    // Stop accepting first, then give running pushes their grace period.
+    stop_accepting.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("grace period over; remaining pushes were cancelled");
+    }
+    let _ = http.await;
+    Ok(())
+}
+
+fn controller(settings: &Settings, data_dir: &Path) -> anyhow::Result<Arc<dyn Controller>> {
+    Ok(match &settings.controller {
+        ControllerSettings::Standalone { authorized_keys } => {
+            Arc::new(StandaloneController::new(data_dir.to_owned(), authorized_keys.clone()))
+        }
+        ControllerSettings::Deis {
+            url,
+            builder_key,
+            timeout,
+        } => Arc::new(DeisController::new(url, builder_key.clone(), *timeout).context("controller")?),
+    })
+}
+
+async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(match &settings.storage {
+        StorageSettings::Local(dir) => Arc::new(LocalStore::open(dir.clone()).await.context("local storage")?),
+        StorageSettings::S3 {
+            bucket,
+            endpoint,
+            path_style,
+        } => {
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let s3 = S3Settings {
+                bucket: bucket.clone(),
+                endpoint: endpoint.clone(),
+                region: env("AWS_REGION")
+                    .or_else(|| env("AWS_DEFAULT_REGION"))
+                    .unwrap_or_else(|| "us-east-1".to_owned()),
+                access_key_id: env("AWS_ACCESS_KEY_ID").context("AWS_ACCESS_KEY_ID is not set")?,
+                secret_access_key: env("AWS_SECRET_ACCESS_KEY").context("AWS_SECRET_ACCESS_KEY is not set")?,
+                session_token: env("AWS_SESSION_TOKEN"),
+                path_style: *path_style,
+            };
+            Arc::new(S3Store::connect(s3).await.context("S3 storage")?)
+        }
+    })
+}
+
+/// Identifies this builder's containers in a shared engine: derived from the data dir,
+/// so a restarted builder finds (and sweeps) what its previous run left.
+fn instance_id(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..6])
+}
+
+fn restrict(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

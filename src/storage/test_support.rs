@@ -1,0 +1,90 @@
+//! Readers and helpers shared by the storage tests.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+/// Yields `total` bytes of a deterministic pattern, in odd-sized chunks, or fails with an I/O
+/// error once `fail_at` bytes have been produced.
+pub struct FailingReader {
+    position: u64,
+    total: u64,
+    fail_at: Option<u64>,
+}
+
+/// Odd on purpose, so reads never line up with part boundaries.
+const MAX_CHUNK: u64 = 65_521;
+
+impl FailingReader {
+    pub fn new(total: u64, fail_at: Option<u64>) -> Self {
+        FailingReader {
+            position: 0,
+            total,
+            fail_at,
+        }
+    }
+
+    fn byte_at(position: u64) -> u8 {
+        (position.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+    }
+
+    pub fn expected_sha256(total: u64) -> String {
+        let mut hasher = Sha256::new();
+        let mut chunk = Vec::with_capacity(MAX_CHUNK as usize);
+        let mut position = 0;
+        while position < total {
+            let end = (position + MAX_CHUNK).min(total);
+            chunk.clear();
+            chunk.extend((position..end).map(Self::byte_at));
+            hasher.update(&chunk);
+            position = end;
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+impl AsyncRead for FailingReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let limit = self.fail_at.unwrap_or(u64::MAX).min(self.total);
+        if self.position >= limit {
+            if self.fail_at.is_some_and(|fail_at| self.position >= fail_at) {
+                return Poll::Ready(Err(io::Error::other("simulated body failure")));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let count = (limit - self.position)
+            .min(MAX_CHUNK)
+            .min(buf.remaining() as u64);
+        let start = self.position;
+        let chunk: Vec<u8> = (start..start + count).map(Self::byte_at).collect();
+        buf.put_slice(&chunk);
+        self.position += count;
+        Poll::Ready(Ok(()))
+    }
+}
+
+pub async fn read_all(mut reader: impl AsyncRead + Unpin) -> Vec<u8> {
+    let mut data = Vec::new();
+    reader.read_to_end(&mut data).await.unwrap();
+    data
+}
+
+pub async fn sha256_of(mut reader: impl AsyncRead + Unpin) -> String {
+    let mut hasher = Sha256::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let read = reader.read(&mut chunk).await.unwrap();
+        if read == 0 {
+            break;
+        }
+        hasher.update(&chunk[..read]);
+    }
+    hex::encode(hasher.finalize())
+}

@@ -1,0 +1,164 @@
+//! The SSH front door, driven with the real OpenSSH client.
+
+mod util;
+
+use std::process::Command;
+use std::time::Duration;
+
+use util::*;
+
+#[test]
+fn unknown_keys_are_denied() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    let stranger = Key::generate("ed25519", "stranger");
+    let out = stranger.ssh(builder.ssh_port, &["git-receive-pack '/app.git'"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
+}
+
+#[test]
+fn every_client_key_type_works() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    let name = unique("keys");
+    let app = App::from_fixture("static-site");
+    let ed25519 = Key::generate("ed25519", "ed");
+    builder.authorize(&ed25519);
+    app.push(&builder, &name, &ed25519).assert_ok();
+    for kind in ["rsa", "ecdsa"] {
+        let key = Key::generate(kind, kind);
+        builder.authorize(&key);
+        let refs = app.ls_remote(&builder, &name, &key);
+        assert!(refs.status.success(), "{kind}: {}", String::from_utf8_lossy(&refs.stderr));
+        assert!(String::from_utf8_lossy(&refs.stdout).contains(&app.head()), "{kind}");
+    }
+}
+
+#[test]
+fn hostile_exec_requests_are_refused_and_create_nothing() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    let key = Key::generate("ed25519", "mallory");
+    builder.authorize(&key);
+    let long = format!("git-receive-pack '{}.git'", "a".repeat(64));
+    let huge = format!("git-receive-pack '{}'", "b".repeat(2000));
+    let commands = [
+        "ls",
+        "id",
+        "/bin/sh -c id",
+        "bash",
+        "git-receive-pack",
+        "git-receive-pack '../../etc.git'",
+        "git-receive-pack '/../x.git'",
+        "git-receive-pack 'a/b.git'",
+        "git-receive-pack 'app.git'; touch /tmp/pwned",
+        "git-receive-pack 'app.git' && id",
+        "git-receive-pack '$(id).git'",
+        "git-receive-pack '`id`.git'",
+        "git-receive-pack 'app.git",
+        "git-receive-pack ''",
+        "git-receive-pack 'App.git'",
+        "git-receive-pack 'my_app.git'",
+        "git-receive-pack '-app.git'",
+        "git-receive-pack 'a--b.git'",
+        "git-upload-archive 'app.git'",
+        "git-receive-pack\t'app.git'",
+        "scp -t /tmp",
+        "rsync --server . /",
+        &long,
+        &huge,
+    ];
+    for command in commands {
+        let out = key.ssh(builder.ssh_port, &[command]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command:?} succeeded");
+        assert!(stderr.contains("deis-builder:"), "{command:?}: unclear message {stderr:?}");
+    }
+    // An interactive shell, a subsystem and port forwarding are refused too.
+    let shell = key.ssh(builder.ssh_port, &["-T"]);
+    assert!(!shell.status.success());
+    assert!(String::from_utf8_lossy(&shell.stderr).contains("no shell access"));
+    let sftp = key.ssh(builder.ssh_port, &["-s", "sftp"]);
+    assert!(!sftp.status.success());
+    assert!(String::from_utf8_lossy(&sftp.stderr).contains("not available"));
+    let forward = key.ssh(builder.ssh_port, &["-W", &format!("127.0.0.1:{}", builder.http_port)]);
+    assert!(!forward.status.success());
+
+    assert!(!builder.data_dir.path().join("repos").exists(), "a hostile request created a repository");
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+}
+
+#[test]
+fn only_master_or_main_deploys() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    let key = Key::generate("ed25519", "dev");
+    builder.authorize(&key);
+    let app = App::from_fixture("static-site");
+    let name = unique("refs");
+    app.push_ref(&builder, &name, &key, "master:feature")
+        .assert_rejected()
+        .assert_says("git push deis HEAD:master");
+    app.git(&["tag", "v1"]);
+    app.push_ref(&builder, &name, &key, "v1").assert_rejected().assert_says("git push deis HEAD:master");
+    app.push_ref(&builder, &name, &key, "master:main").assert_ok().assert_says(&format!("Done, {name}:v1 deployed"));
+    app.push_ref(&builder, &name, &key, ":main").assert_rejected().assert_says("deleting main is not allowed");
+}
+
+#[test]
+fn concurrent_pushes() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    let key = Key::generate("ed25519", "dev");
+    builder.authorize(&key);
+    let first = unique("busy");
+    let second = unique("other");
+    let app = App::from_fixture("procfile-wait");
+
+    let mut push_a = app.push_live(&builder, &first, &key);
+    push_a.wait_for("waiting for /tmp/continue");
+    // Same app while a push runs: refused at once with a clear message.
+    let clash = App::from_fixture("static-site");
+    clash
+        .push(&builder, &first, &key)
+        .assert_rejected()
+        .assert_says(&format!("another push to {first} is in progress"));
+    // Another app builds at the same time.
+    let mut push_b = app.push_live(&builder, &second, &key);
+    push_b.wait_for("waiting for /tmp/continue");
+    assert_eq!(containers_of(&first).len(), 1);
+    assert_eq!(containers_of(&second).len(), 1);
+    release_waiting_build(&first);
+    release_waiting_build(&second);
+    push_a.finish().assert_ok().assert_says(&format!("Done, {first}:v1 deployed"));
+    push_b.finish().assert_ok().assert_says(&format!("Done, {second}:v1 deployed"));
+}
+
+#[test]
+fn killing_the_client_mid_build_cleans_up() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    let key = Key::generate("ed25519", "dev");
+    builder.authorize(&key);
+    let app = App::from_fixture("procfile-wait");
+    let name = unique("gone");
+
+    let mut push = app.push_live(&builder, &name, &key);
+    push.wait_for("waiting for /tmp/continue");
+    assert_eq!(containers_of(&name).len(), 1);
+    push.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || containers_of(&name).is_empty()),
+        "build container still there 5 s after the client vanished"
+    );
+    assert!(builder.releases(&name).is_empty());
+
+    // The lock is free: the next push runs and succeeds.
+    let mut again = app.push_live(&builder, &name, &key);
+    again.wait_for("waiting for /tmp/continue");
+    release_waiting_build(&name);
+    again.finish().assert_ok().assert_says(&format!("Done, {name}:v1 deployed"));
+    let _ = Command::new("true").status();
+}

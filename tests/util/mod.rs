@@ -1,0 +1,593 @@
+//! Harness for the integration tests: a real `deis-builder serve` process, real `git` and
+//! OpenSSH clients, a real Docker engine and a real S3 server (started by `scripts/test.sh`).
+//!
+//! The tests run only with `DEIS_IT=1` (the test script sets it); otherwise each one prints
+//! `skipped:` and returns.
+#![allow(dead_code)]
+
+pub mod controller_double;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Returns early from a test when the integration environment is not there.
+#[macro_export]
+macro_rules! require_services {
+    () => {
+        if std::env::var("DEIS_IT").as_deref() != Ok("1") {
+            eprintln!("skipped: set DEIS_IT=1 (scripts/test.sh does) to run integration tests");
+            return;
+        }
+    };
+}
+
+pub fn stack_image() -> String {
+    std::env::var("DEIS_IT_STACK_IMAGE").unwrap_or_else(|_| "deis-builder/stack:bookworm".into())
+}
+
+pub fn s3_endpoint() -> String {
+    std::env::var("DEIS_IT_S3_ENDPOINT").expect("DEIS_IT_S3_ENDPOINT (scripts/test.sh sets it)")
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{:x}", std::process::id(), nanos)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub enum Storage {
+    Local,
+    S3 { bucket: String },
+}
+
+pub enum ControllerMode {
+    Standalone,
+    Deis { url: String, key: String },
+}
+
+pub struct BuilderOptions {
+    pub storage: Storage,
+    pub controller: ControllerMode,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for BuilderOptions {
+    fn default() -> Self {
+        BuilderOptions {
+            storage: Storage::Local,
+            controller: ControllerMode::Standalone,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running `deis-builder serve`, stopped with SIGTERM when dropped.
+pub struct Builder {
+    child: Option<Child>,
+    pub data_dir: TempDir,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    log_path: PathBuf,
+}
+
+impl Builder {
+    pub fn start(options: BuilderOptions) -> Builder {
+        let data_dir = tempfile::tempdir().unwrap();
+        let ssh_port = free_port();
+        let http_port = free_port();
+        let log_path = data_dir.path().join("builder.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deis-builder"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--ssh-addr", &format!("127.0.0.1:{ssh_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--stack-image", &stack_image()])
+            .env("RUST_LOG", "info,deis_builder=debug")
+            .env_remove("DEIS_CONTROLLER_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        match &options.storage {
+            Storage::Local => {}
+            Storage::S3 { bucket } => {
+                cmd.args(["--storage", &format!("s3://{bucket}")])
+                    .args(["--s3-endpoint", &s3_endpoint()]);
+            }
+        }
+        if let ControllerMode::Deis { url, key } = &options.controller {
+            cmd.args(["--controller-url", url]).env("DEIS_BUILDER_KEY", key);
+        }
+        cmd.args(&options.extra_args);
+        let child = cmd.spawn().expect("start deis-builder");
+        let mut builder = Builder {
+            child: Some(child),
+            data_dir,
+            ssh_port,
+            http_port,
+            log_path,
+        };
+        builder.wait_ready();
+        builder
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("deis-builder exited during start-up ({status}):\n{}", self.log());
+                }
+            }
+            if http_get(self.http_port, "/healthz").map(|(status, _)| status) == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("deis-builder did not become healthy:\n{}", self.log());
+    }
+
+    pub fn remote(&self, app: &str) -> String {
+        format!("ssh://git@127.0.0.1:{}/{app}.git", self.ssh_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Adds `key` to the standalone controller's authorized_keys.
+    pub fn authorize(&self, key: &Key) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.path().join("authorized_keys"))
+            .unwrap();
+        writeln!(file, "{}", key.public_line).unwrap();
+    }
+
+    pub fn storage_path(&self, key: &str) -> PathBuf {
+        self.data_dir.path().join("storage").join(key)
+    }
+
+    /// Release records of the standalone controller for `app`.
+    pub fn releases(&self, app: &str) -> Vec<String> {
+        let dir = self.data_dir.path().join("apps").join(app).join("releases");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!("---- deis-builder log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 GET against 127.0.0.1; returns status and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A client SSH key pair made with ssh-keygen.
+pub struct Key {
+    _dir: TempDir,
+    pub path: PathBuf,
+    pub public_line: String,
+    pub fingerprint: String,
+}
+
+impl Key {
+    /// `kind`: `ed25519`, `rsa` or `ecdsa`. The comment (the standalone user name) is `user`.
+    pub fn generate(kind: &str, user: &str) -> Key {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("id_{kind}"));
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-C", user, "-f"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ssh-keygen failed");
+        let public_line = std::fs::read_to_string(path.with_extension("pub"))
+            .or_else(|_| std::fs::read_to_string(format!("{}.pub", path.display())))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let out = Command::new("ssh-keygen").args(["-l", "-E", "md5", "-f"]).arg(&path).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fingerprint = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.strip_prefix("MD5:"))
+            .expect("md5 fingerprint")
+            .to_owned();
+        Key {
+            _dir: dir,
+            path,
+            public_line,
+            fingerprint,
+        }
+    }
+
+    /// The ssh command git should use, as a user would configure it.
+    pub fn ssh_command(&self, port: u16) -> String {
+        format!(
+            "ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o LogLevel=ERROR -o BatchMode=yes",
+            self.path.display()
+        )
+    }
+
+    /// Runs plain `ssh` against the builder with extra arguments (e.g. a remote command).
+    pub fn ssh(&self, port: u16, args: &[&str]) -> std::process::Output {
+        Command::new("ssh")
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(&self.path)
+            .args([
+                "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "IdentitiesOnly=yes",
+                "-o", "LogLevel=ERROR",
+                "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=20",
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+/// A developer's working copy made from a fixture app.
+pub struct App {
+    pub dir: TempDir,
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apps").join(name)
+}
+
+impl App {
+    pub fn from_fixture(name: &str) -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("cp").arg("-a").arg(format!("{}/.", fixture(name).display())).arg(dir.path()).status().unwrap();
+        assert!(status.success());
+        let app = App { dir };
+        app.git(&["init", "-q", "-b", "master"]);
+        app.git(&["add", "-A"]);
+        app.git(&["commit", "-q", "-m", "initial"]);
+        app
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = self.git_command().args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn git_command(&self) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.current_dir(self.dir.path())
+            .env("GIT_AUTHOR_NAME", "Dev")
+            .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+            .env("GIT_COMMITTER_NAME", "Dev")
+            .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", self.dir.path());
+        cmd
+    }
+
+    pub fn commit_file(&self, path: &str, content: &str) -> String {
+        std::fs::write(self.dir.path().join(path), content).unwrap();
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", &format!("change {path}")]);
+        self.head()
+    }
+
+    pub fn head(&self) -> String {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn push_command(&self, remote: &str, key: &Key, port: u16, refspec: &str) -> Command {
+        let mut cmd = self.git_command();
+        cmd.args(["push", remote, refspec])
+            .env("GIT_SSH_COMMAND", key.ssh_command(port))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// `git push` to completion.
+    pub fn push(&self, builder: &Builder, app: &str, key: &Key) -> Pushed {
+        self.push_ref(builder, app, key, "master")
+    }
+
+    pub fn push_ref(&self, builder: &Builder, app: &str, key: &Key, refspec: &str) -> Pushed {
+        let out = self
+            .push_command(&builder.remote(app), key, builder.ssh_port, refspec)
+            .output()
+            .unwrap();
+        Pushed {
+            status: out.status,
+            output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+
+    /// `git push` in the background, its output readable line by line as it arrives.
+    pub fn push_live(&self, builder: &Builder, app: &str, key: &Key) -> LivePush {
+        let mut child = self
+            .push_command(&builder.remote(app), key, builder.ssh_port, "master")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || forward_lines(stderr, tx));
+        std::thread::spawn(move || forward_lines(stdout, tx2));
+        LivePush {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Refs of the builder's repository, as the client sees them.
+    pub fn ls_remote(&self, builder: &Builder, app: &str, key: &Key) -> std::process::Output {
+        self.git_command()
+            .args(["ls-remote", &builder.remote(app)])
+            .env("GIT_SSH_COMMAND", key.ssh_command(builder.ssh_port))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+fn forward_lines(from: impl Read, to: mpsc::Sender<String>) {
+    // git separates progress updates with \r: treat both as line ends.
+    let mut reader = BufReader::new(from);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let mut byte = [0u8; 1];
+        loop {
+            match reader.read(&mut byte) {
+                Ok(0) | Err(_) => {
+                    if !buf.is_empty() {
+                        let _ = to.send(String::from_utf8_lossy(&buf).into_owned());
+                    }
+                    return;
+                }
+                Ok(_) if byte[0] == b'\n' || byte[0] == b'\r' => break,
+                Ok(_) => buf.push(byte[0]),
+            }
+        }
+        if to.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+            return;
+        }
+    }
+    #[allow(unreachable_code)]
+    {
+        let _ = reader.fill_buf();
+    }
+}
+
+pub struct Pushed {
+    pub status: ExitStatus,
+    pub output: String,
+}
+
+impl Pushed {
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.status.success(), "push failed:\n{}", self.output);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_rejected(&self) -> &Self {
+        assert!(!self.status.success(), "push should have failed:\n{}", self.output);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_says(&self, text: &str) -> &Self {
+        assert!(self.output.contains(text), "expected {text:?} in:\n{}", self.output);
+        self
+    }
+}
+
+pub struct LivePush {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl LivePush {
+    /// Waits (at most a minute) for a line containing `text`.
+    #[track_caller]
+    pub fn wait_for(&mut self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("never saw {text:?}; output so far:\n{}", self.seen.join("\n"));
+    }
+
+    /// Waits for git to exit; returns its status and the whole output.
+    pub fn finish(mut self) -> Pushed {
+        let status = self.child.wait().unwrap();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        Pushed {
+            status,
+            output: self.seen.join("\n"),
+        }
+    }
+
+    /// Kills git and its ssh child, like a developer closing the terminal.
+    pub fn kill(mut self) {
+        let _ = Command::new("kill").args(["-KILL", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// IDs of containers labelled with `app` (any state).
+pub fn containers_of(app: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=io.deis.builder.app={app}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+/// Lets a build held by the `procfile-wait` fixture continue.
+pub fn release_waiting_build(app: &str) {
+    for id in containers_of(app) {
+        let status = Command::new("docker").args(["exec", &id, "touch", "/tmp/continue"]).status().unwrap();
+        assert!(status.success(), "docker exec failed");
+    }
+}
+
+/// Waits up to `limit` for `condition`.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Lists the entry names of a gzip'd tar (the slug), via GNU tar like an operator would.
+pub fn slug_entries(slug: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("-tzf").arg(slug).output().unwrap();
+    assert!(out.status.success(), "tar -tzf failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// An S3 client for checking what the builder stored, independent of the builder's code.
+pub struct S3 {
+    pub runtime: tokio::runtime::Runtime,
+    client: aws_sdk_s3::Client,
+}
+
+impl S3 {
+    pub fn connect() -> S3 {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "testing".into()),
+            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "testing".into()),
+            None,
+            None,
+            "tests",
+        );
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(s3_endpoint())
+            .force_path_style(true)
+            .credentials_provider(credentials)
+            .http_client(http)
+            .build();
+        S3 {
+            runtime,
+            client: aws_sdk_s3::Client::from_conf(config),
+        }
+    }
+
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        self.runtime.block_on(async {
+            let listed = self.client.list_objects_v2().bucket(bucket).send().await.unwrap();
+            let mut keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            keys.sort();
+            keys
+        })
+    }
+
+    /// Downloads `key` to a file in `dir`.
+    pub fn download(&self, bucket: &str, key: &str, dir: &Path) -> PathBuf {
+        let path = dir.join(key.replace(['/', ':'], "_"));
+        self.runtime.block_on(async {
+            let object = self.client.get_object().bucket(bucket).key(key).send().await.unwrap();
+            let data = object.body.collect().await.unwrap().into_bytes();
+            std::fs::write(&path, &data).unwrap();
+        });
+        path
+    }
+}
