@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "deis-builder", version, about = "git push builder and slug pipeline")]
+#[command(
+    name = "deis-builder",
+    version,
+    about = "git push builder and slug pipeline"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,7 +27,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory for repositories, host keys, local storage and standalone-controller state.
-    #[arg(long, env = "DEIS_BUILDER_DATA_DIR", default_value = "/var/lib/deis-builder")]
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_DATA_DIR",
+        default_value = "/var/lib/deis-builder"
+    )]
     pub data_dir: PathBuf,
 
     /// SSH listen address [default: $SSH_HOST_IP:$SSH_HOST_PORT, or 0.0.0.0:2223]
@@ -69,11 +77,19 @@ pub struct ServeArgs {
     pub s3_virtual_hosted: bool,
 
     /// Image that buildpack builds run in.
-    #[arg(long, env = "DEIS_BUILDER_STACK_IMAGE", default_value = "deis-builder/stack:bookworm")]
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_STACK_IMAGE",
+        default_value = "deis-builder/stack:bookworm"
+    )]
     pub stack_image: String,
 
     /// SSH host key file(s) in OpenSSH format [default: DATA_DIR/ssh_host_ed25519_key, generated on first start]
-    #[arg(long = "host-key", env = "DEIS_BUILDER_HOST_KEYS", value_delimiter = ',')]
+    #[arg(
+        long = "host-key",
+        env = "DEIS_BUILDER_HOST_KEYS",
+        value_delimiter = ','
+    )]
     pub host_keys: Vec<PathBuf>,
 
     /// Network for build containers: `none` (default, no network) or an engine network such as `host`.

@@ -33,7 +33,9 @@ pub enum StorageSettings {
 
 #[derive(Debug, Clone)]
 pub enum ControllerSettings {
-    Standalone { authorized_keys: PathBuf },
+    Standalone {
+        authorized_keys: PathBuf,
+    },
     Deis {
         url: String,
         builder_key: String,
@@ -114,7 +116,9 @@ impl Settings {
         )?;
         let storage = storage_settings(
             args.storage,
-            args.s3_endpoint.or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL")),
+            args.s3_endpoint
+                .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+                .or_else(|| env("AWS_ENDPOINT_URL")),
             !args.s3_virtual_hosted,
             &data_dir,
         )?;
@@ -169,20 +173,26 @@ fn controller_settings(
     };
     let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
     if !scheme_ok || url.len() < "http://x".len() {
-        return Err(invalid("--controller-url", format!("{url:?} is not an http(s) URL")));
+        return Err(invalid(
+            "--controller-url",
+            format!("{url:?} is not an http(s) URL"),
+        ));
     }
     let builder_key = match (key, key_file) {
         (Some(key), _) => key,
         (None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(|e| invalid("--builder-key-file", format!("cannot read {}: {e}", file.display())))?
+            .map_err(|e| {
+                invalid(
+                    "--builder-key-file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?
             .trim()
             .to_owned(),
-        (None, None) => {
-            return Err(invalid(
-                "--builder-key",
-                "a controller URL is set but no builder key (DEIS_BUILDER_KEY or --builder-key-file)",
-            ))
-        }
+        (None, None) => return Err(invalid(
+            "--builder-key",
+            "a controller URL is set but no builder key (DEIS_BUILDER_KEY or --builder-key-file)",
+        )),
     };
     if builder_key.is_empty() {
         return Err(invalid("--builder-key", "is empty"));
@@ -210,11 +220,17 @@ fn storage_settings(
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !valid {
-            return Err(invalid("--storage", format!("{bucket:?} is not a valid S3 bucket name")));
+            return Err(invalid(
+                "--storage",
+                format!("{bucket:?} is not a valid S3 bucket name"),
+            ));
         }
         if let Some(endpoint) = &endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(invalid("--s3-endpoint", format!("{endpoint:?} is not an http(s) URL")));
+                return Err(invalid(
+                    "--s3-endpoint",
+                    format!("{endpoint:?} is not an http(s) URL"),
+                ));
             }
         }
         return Ok(StorageSettings::S3 {
@@ -224,7 +240,10 @@ fn storage_settings(
         });
     }
     if spec.contains("://") {
-        return Err(invalid("--storage", format!("{spec:?}: only directories and s3://BUCKET are supported")));
+        return Err(invalid(
+            "--storage",
+            format!("{spec:?}: only directories and s3://BUCKET are supported"),
+        ));
     }
     Ok(StorageSettings::Local(PathBuf::from(spec)))
 }
@@ -246,14 +265,22 @@ fn parse_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigEr
 /// `90`, `90s`, `15m`, `2h`.
 pub fn parse_duration(setting: &'static str, value: &str) -> Result<Duration, ConfigError> {
     let (digits, unit) = split_number(value);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| invalid(setting, format!("{value:?} is not a duration like 90s, 15m or 1h")))?;
+    let n: u64 = digits.parse().map_err(|_| {
+        invalid(
+            setting,
+            format!("{value:?} is not a duration like 90s, 15m or 1h"),
+        )
+    })?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
-        _ => return Err(invalid(setting, format!("{value:?} is not a duration like 90s, 15m or 1h"))),
+        _ => {
+            return Err(invalid(
+                setting,
+                format!("{value:?} is not a duration like 90s, 15m or 1h"),
+            ))
+        }
     };
     if secs == 0 {
         return Err(invalid(setting, "must be longer than zero"));
@@ -272,17 +299,27 @@ fn parse_bytes(setting: &'static str, value: &str) -> Result<i64, ConfigError> {
         "k" => 1 << 10,
         "m" => 1 << 20,
         "g" => 1 << 30,
-        _ => return Err(invalid(setting, format!("{value:?} is not a size like 512m or 2g"))),
+        _ => {
+            return Err(invalid(
+                setting,
+                format!("{value:?} is not a size like 512m or 2g"),
+            ))
+        }
     };
     match n.checked_mul(factor) {
         Some(bytes) if bytes >= 64 << 20 => Ok(bytes),
-        _ => Err(invalid(setting, format!("{value:?} must be between 64m and a sane maximum"))),
+        _ => Err(invalid(
+            setting,
+            format!("{value:?} must be between 64m and a sane maximum"),
+        )),
     }
 }
 
 fn split_number(value: &str) -> (&str, &str) {
     let value = value.trim();
-    let end = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let end = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     value.split_at(end)
 }
 
@@ -298,7 +335,10 @@ mod tests {
         let crate::cli::Command::Serve(args) = cli.command else {
             unreachable!()
         };
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_args_and_env(*args, move |name| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
@@ -309,7 +349,10 @@ mod tests {
         let s = settings(&["--data-dir", "/d"], &[]).unwrap();
         assert_eq!(s.ssh_addr.to_string(), "0.0.0.0:2223");
         assert_eq!(s.http_addr.to_string(), "0.0.0.0:8092");
-        assert!(matches!(s.controller, ControllerSettings::Standalone { .. }));
+        assert!(matches!(
+            s.controller,
+            ControllerSettings::Standalone { .. }
+        ));
         assert!(matches!(s.storage, StorageSettings::Local(ref p) if p == Path::new("/d/storage")));
         assert_eq!(s.build.timeout, Duration::from_secs(900));
         assert_eq!(s.build.memory_bytes, 2 << 30);
@@ -326,8 +369,12 @@ mod tests {
         let s = settings(&["--builder-key", "k", "--storage", "s3://builder"], &env).unwrap();
         assert_eq!(s.ssh_addr.port(), 2200);
         assert_eq!(s.http_addr.port(), 9000);
-        assert!(matches!(s.controller, ControllerSettings::Deis { ref url, .. } if url == "http://10.0.0.1:8000"));
-        assert!(matches!(s.storage, StorageSettings::S3 { ref bucket, path_style: true, .. } if bucket == "builder"));
+        assert!(
+            matches!(s.controller, ControllerSettings::Deis { ref url, .. } if url == "http://10.0.0.1:8000")
+        );
+        assert!(
+            matches!(s.storage, StorageSettings::S3 { ref bucket, path_style: true, .. } if bucket == "builder")
+        );
     }
 
     #[test]
@@ -335,7 +382,10 @@ mod tests {
         for (args, setting) in [
             (&["--ssh-addr", "nope"][..], "--ssh-addr"),
             (&["--controller-url", "http://c"][..], "--builder-key"),
-            (&["--controller-url", "ftp://c", "--builder-key", "k"][..], "--controller-url"),
+            (
+                &["--controller-url", "ftp://c", "--builder-key", "k"][..],
+                "--controller-url",
+            ),
             (&["--storage", "s3://B!"][..], "--storage"),
             (&["--storage", "gs://b"][..], "--storage"),
             (&["--build-timeout", "soon"][..], "--build-timeout"),

@@ -7,7 +7,9 @@ use deis_builder::config::{LogFormat, Settings};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Hook => ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1)),
+        Command::Hook => {
+            ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1))
+        }
         Command::Serve(args) => {
             let settings = match Settings::from_args(*args) {
                 Ok(settings) => settings,
@@ -38,9 +40,15 @@ fn main() -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let default = if std::env::var_os("DEIS_DEBUG").is_some() { "debug" } else { "info" };
+    let default = if std::env::var_os("DEIS_DEBUG").is_some() {
+        "debug"
+    } else {
+        "info"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),

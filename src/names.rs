@@ -57,7 +57,9 @@ pub struct CommitId(String);
 
 impl CommitId {
     pub fn parse(id: &str) -> Result<CommitId, NameError> {
-        let hex = id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex = id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if (id.len() == 40 || id.len() == 64) && hex {
             Ok(CommitId(id.to_owned()))
         } else {
@@ -88,7 +90,11 @@ impl fmt::Display for CommitId {
 
 /// Shortens and escapes untrusted text before it goes into a message.
 pub fn printable(text: &str) -> String {
-    let mut out: String = text.chars().take(80).flat_map(char::escape_default).collect();
+    let mut out: String = text
+        .chars()
+        .take(80)
+        .flat_map(char::escape_default)
+        .collect();
     if text.chars().count() > 80 {
         out.push('…');
     }
@@ -105,8 +111,18 @@ mod tests {
             assert!(AppName::parse(good).is_ok(), "{good}");
         }
         for bad in [
-            "", "-app", "app-", "my--app", "MyApp", "my_app", "my.app", "../x", "a b", "app\0",
-            &"a".repeat(64), "ümlaut",
+            "",
+            "-app",
+            "app-",
+            "my--app",
+            "MyApp",
+            "my_app",
+            "my.app",
+            "../x",
+            "a b",
+            "app\0",
+            &"a".repeat(64),
+            "ümlaut",
         ] {
             assert!(AppName::parse(bad).is_err(), "{bad:?}");
         }

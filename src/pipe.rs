@@ -30,7 +30,10 @@ pub fn pipe(chunks: usize) -> (PipeWriter, ByteStream) {
             Some(Msg::End) => None,
             Some(Msg::Error(error)) => Some((Err(error), None)),
             None => Some((
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the producer stopped before the end")),
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the producer stopped before the end",
+                )),
                 None,
             )),
         }

@@ -31,14 +31,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let controller = controller(&settings, &data_dir)?;
     let store = store(&settings).await?;
-    let engine = Engine::connect(instance_id(&data_dir), settings.build.timeout + Duration::from_secs(600))
-        .await
-        .context("Docker engine")?;
+    let engine = Engine::connect(
+        instance_id(&data_dir),
+        settings.build.timeout + Duration::from_secs(600),
+    )
+    .await
+    .context("Docker engine")?;
     engine
         .require_image(&settings.build.stack_image)
         .await
         .context("stack image")?;
-    let swept = engine.sweep().await.context("sweeping leftover containers")?;
+    let swept = engine
+        .sweep()
+        .await
+        .context("sweeping leftover containers")?;
     if !swept.is_empty() {
         tracing::warn!(count = swept.len(), containers = ?swept, "removed containers left by a previous run");
     }
@@ -50,7 +56,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&run_dir).context("cannot create run dir")?;
     let socket = run_dir.join("hook.sock");
     let _ = std::fs::remove_file(&socket);
-    let hook_listener = UnixListener::bind(&socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    let hook_listener =
+        UnixListener::bind(&socket).with_context(|| format!("cannot bind {}", socket.display()))?;
     restrict(&socket)?;
     let exe = std::env::current_exe().context("cannot locate own executable")?;
     let git = GitServer::new(data_dir.join("repos"), socket, exe);
@@ -107,7 +114,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let stop_accepting = shutdown.clone();
     // Stop accepting first, then give running pushes their grace period.
     stop_accepting.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("grace period over; remaining pushes were cancelled");
     }
     let _ = http.await;
@@ -116,20 +126,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 fn controller(settings: &Settings, data_dir: &Path) -> anyhow::Result<Arc<dyn Controller>> {
     Ok(match &settings.controller {
-        ControllerSettings::Standalone { authorized_keys } => {
-            Arc::new(StandaloneController::new(data_dir.to_owned(), authorized_keys.clone()))
-        }
+        ControllerSettings::Standalone { authorized_keys } => Arc::new(StandaloneController::new(
+            data_dir.to_owned(),
+            authorized_keys.clone(),
+        )),
         ControllerSettings::Deis {
             url,
             builder_key,
             timeout,
-        } => Arc::new(DeisController::new(url, builder_key.clone(), *timeout).context("controller")?),
+        } => {
+            Arc::new(DeisController::new(url, builder_key.clone(), *timeout).context("controller")?)
+        }
     })
 }
 
 async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
     Ok(match &settings.storage {
-        StorageSettings::Local(dir) => Arc::new(LocalStore::open(dir.clone()).await.context("local storage")?),
+        StorageSettings::Local(dir) => Arc::new(
+            LocalStore::open(dir.clone())
+                .await
+                .context("local storage")?,
+        ),
         StorageSettings::S3 {
             bucket,
             endpoint,
@@ -143,7 +160,8 @@ async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
                     .or_else(|| env("AWS_DEFAULT_REGION"))
                     .unwrap_or_else(|| "us-east-1".to_owned()),
                 access_key_id: env("AWS_ACCESS_KEY_ID").context("AWS_ACCESS_KEY_ID is not set")?,
-                secret_access_key: env("AWS_SECRET_ACCESS_KEY").context("AWS_SECRET_ACCESS_KEY is not set")?,
+                secret_access_key: env("AWS_SECRET_ACCESS_KEY")
+                    .context("AWS_SECRET_ACCESS_KEY is not set")?,
                 session_token: env("AWS_SESSION_TOKEN"),
                 path_style: *path_style,
             };

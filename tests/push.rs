@@ -14,7 +14,9 @@ fn buildpack_app_is_built_stored_in_s3_and_released() {
     require_services!();
     let bucket = unique("bkt");
     let builder = Builder::start(BuilderOptions {
-        storage: Storage::S3 { bucket: bucket.clone() },
+        storage: Storage::S3 {
+            bucket: bucket.clone(),
+        },
         ..Default::default()
     });
     let key = Key::generate("ed25519", "dev");
@@ -36,37 +38,76 @@ fn buildpack_app_is_built_stored_in_s3_and_released() {
     let s3 = S3::connect();
     let base = format!("home/{name}:git-{sha8}");
     let keys = s3.keys(&bucket);
-    for expected in [format!("{base}/tar"), format!("{base}/push/slug.tgz"), format!("{base}/push/Procfile")] {
+    for expected in [
+        format!("{base}/tar"),
+        format!("{base}/push/slug.tgz"),
+        format!("{base}/push/Procfile"),
+    ] {
         assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
     }
     let scratch = tempfile::tempdir().unwrap();
     let slug = s3.download(&bucket, &format!("{base}/push/slug.tgz"), scratch.path());
     let entries = slug_entries(&slug);
-    for present in ["./app.py", "./Procfile", "./lib/util.py", "./lib/docs/keep.md", "./.profile.d/python.sh"] {
-        assert!(entries.iter().any(|e| e == present), "{present} missing from slug: {entries:?}");
+    for present in [
+        "./app.py",
+        "./Procfile",
+        "./lib/util.py",
+        "./lib/docs/keep.md",
+        "./.profile.d/python.sh",
+    ] {
+        assert!(
+            entries.iter().any(|e| e == present),
+            "{present} missing from slug: {entries:?}"
+        );
     }
     for absent in ["docs/guide.md", "debug.log", ".git/", ".slugignore"] {
-        assert!(!entries.iter().any(|e| e.ends_with(absent)), "{absent} must not be in the slug: {entries:?}");
+        assert!(
+            !entries.iter().any(|e| e.ends_with(absent)),
+            "{absent} must not be in the slug: {entries:?}"
+        );
     }
     let procfile = s3.download(&bucket, &format!("{base}/push/Procfile"), scratch.path());
     let procfile = std::fs::read_to_string(procfile).unwrap();
     assert!(procfile.contains("web: python3 app.py"), "{procfile}");
     let source = s3.download(&bucket, &format!("{base}/tar"), scratch.path());
-    let out = std::process::Command::new("tar").arg("-tf").arg(&source).output().unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&source)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("app.py"));
 
     // A second push is the next release.
     app.commit_file("VERSION", "2\n");
-    app.push(&builder, &name, &key).assert_ok().assert_says(&format!("Done, {name}:v2 deployed"));
+    app.push(&builder, &name, &key)
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v2 deployed"));
 
     // The same commit pushed to another app gives a byte-identical slug.
     let twin = unique("twin");
-    app.push(&builder, &twin, &key).assert_ok().assert_says(&format!("Done, {twin}:v1 deployed"));
+    app.push(&builder, &twin, &key)
+        .assert_ok()
+        .assert_says(&format!("Done, {twin}:v1 deployed"));
     let sha8 = app.head()[..8].to_owned();
-    let a = s3.download(&bucket, &format!("home/{name}:git-{sha8}/push/slug.tgz"), scratch.path());
-    let b = s3.download(&bucket, &format!("home/{twin}:git-{sha8}/push/slug.tgz"), scratch.path());
-    assert_eq!(sha256_file(&a), sha256_file(&b), "slugs of the same commit differ");
-    assert!(containers_of(&name).is_empty() && containers_of(&twin).is_empty(), "build containers left behind");
+    let a = s3.download(
+        &bucket,
+        &format!("home/{name}:git-{sha8}/push/slug.tgz"),
+        scratch.path(),
+    );
+    let b = s3.download(
+        &bucket,
+        &format!("home/{twin}:git-{sha8}/push/slug.tgz"),
+        scratch.path(),
+    );
+    assert_eq!(
+        sha256_file(&a),
+        sha256_file(&b),
+        "slugs of the same commit differ"
+    );
+    assert!(
+        containers_of(&name).is_empty() && containers_of(&twin).is_empty(),
+        "build containers left behind"
+    );
 }
 
 #[test]
@@ -83,13 +124,25 @@ fn build_output_arrives_while_the_build_runs() {
     push.wait_for("waiting for /tmp/continue");
     // The build is still running (held by the fixture) and the client already has its lines.
     let running = containers_of(&name);
-    assert_eq!(running.len(), 1, "expected exactly one running build container");
+    assert_eq!(
+        running.len(),
+        1,
+        "expected exactly one running build container"
+    );
     release_waiting_build(&name);
     let pushed = push.finish();
-    pushed.assert_ok().assert_says("continuing").assert_says(&format!("Done, {name}:v1 deployed"));
+    pushed
+        .assert_ok()
+        .assert_says("continuing")
+        .assert_says(&format!("Done, {name}:v1 deployed"));
     assert!(eventually(Duration::from_secs(5), || containers_of(&name).is_empty()));
     assert_eq!(builder.releases(&name), vec!["v1.json"]);
-    assert!(builder.storage_path(&format!("home/{name}:git-{}/push/slug.tgz", &app.head()[..8])).is_file());
+    assert!(builder
+        .storage_path(&format!(
+            "home/{name}:git-{}/push/slug.tgz",
+            &app.head()[..8]
+        ))
+        .is_file());
 }
 
 #[test]
@@ -123,7 +176,9 @@ fn second_buildpack_and_bad_apps() {
         .assert_says("duplicate");
     assert!(builder.releases(&name).is_empty());
     let sha8 = &app.head()[..8];
-    assert!(!builder.storage_path(&format!("home/{name}:git-{sha8}/push/slug.tgz")).exists());
+    assert!(!builder
+        .storage_path(&format!("home/{name}:git-{sha8}/push/slug.tgz"))
+        .exists());
     assert!(containers_of(&name).is_empty());
 }
 
@@ -132,7 +187,9 @@ fn failing_compile_rejects_the_push_and_leaves_nothing() {
     require_services!();
     let bucket = unique("bkt");
     let builder = Builder::start(BuilderOptions {
-        storage: Storage::S3 { bucket: bucket.clone() },
+        storage: Storage::S3 {
+            bucket: bucket.clone(),
+        },
         ..Default::default()
     });
     let key = Key::generate("ed25519", "dev");
@@ -147,10 +204,17 @@ fn failing_compile_rejects_the_push_and_leaves_nothing() {
         .assert_says("[remote rejected] master -> master (pre-receive hook declined)");
     let refs = app.ls_remote(&builder, &name, &key);
     assert!(refs.status.success());
-    assert!(String::from_utf8_lossy(&refs.stdout).trim().is_empty(), "ref moved: {:?}", refs);
+    assert!(
+        String::from_utf8_lossy(&refs.stdout).trim().is_empty(),
+        "ref moved: {:?}",
+        refs
+    );
     assert!(builder.releases(&name).is_empty(), "a release was cut");
     let keys = S3::connect().keys(&bucket);
-    assert!(!keys.iter().any(|k| k.contains(&name)), "objects left behind: {keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains(&name)),
+        "objects left behind: {keys:?}"
+    );
     assert!(containers_of(&name).is_empty(), "container left behind");
 }
 
@@ -169,7 +233,9 @@ fn deis_controller_gets_the_v2_wire_format() {
     double.set_config(&name, json!({"GREETING": "hello", "PORT": 5000}));
     let bucket = unique("bkt");
     let builder = Builder::start(BuilderOptions {
-        storage: Storage::S3 { bucket: bucket.clone() },
+        storage: Storage::S3 {
+            bucket: bucket.clone(),
+        },
         controller: ControllerMode::Deis {
             url: double.url(),
             key: "builder-secret".into(),
@@ -177,7 +243,9 @@ fn deis_controller_gets_the_v2_wire_format() {
         ..Default::default()
     });
     let app = App::from_fixture("python-web");
-    app.push(&builder, &name, &key).assert_ok().assert_says(&format!("Done, {name}:v1 deployed"));
+    app.push(&builder, &name, &key)
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v1 deployed"));
     let sha = app.head();
 
     let requests = double.requests();
@@ -186,11 +254,26 @@ fn deis_controller_gets_the_v2_wire_format() {
         .find(|r| r.path == format!("/v2/hooks/key/{}", key.fingerprint))
         .expect("key lookup");
     assert_eq!(key_lookup.method, "GET");
-    let config = requests.iter().find(|r| r.path == "/v2/hooks/config/").expect("config call");
-    assert_eq!(config.body, json!({"receive_user": "alice", "receive_repo": name}));
+    let config = requests
+        .iter()
+        .find(|r| r.path == "/v2/hooks/config/")
+        .expect("config call");
+    assert_eq!(
+        config.body,
+        json!({"receive_user": "alice", "receive_repo": name})
+    );
     for request in &requests {
-        assert_eq!(request.headers.get("x-deis-builder-auth").map(String::as_str), Some("builder-secret"));
-        assert_eq!(request.headers.get("user-agent").map(String::as_str), Some("deis-builder"));
+        assert_eq!(
+            request
+                .headers
+                .get("x-deis-builder-auth")
+                .map(String::as_str),
+            Some("builder-secret")
+        );
+        assert_eq!(
+            request.headers.get("user-agent").map(String::as_str),
+            Some("deis-builder")
+        );
     }
     let builds = double.builds();
     assert_eq!(builds.len(), 1);
@@ -207,15 +290,23 @@ fn deis_controller_gets_the_v2_wire_format() {
     );
 
     // A 403 from the controller reaches the developer and rejects the push.
-    double.fail_builds_with(403, json!({"detail": "You do not have permission to perform this action."}));
+    double.fail_builds_with(
+        403,
+        json!({"detail": "You do not have permission to perform this action."}),
+    );
     let sha = app.commit_file("CHANGE", "x\n");
     app.push(&builder, &name, &key)
         .assert_rejected()
         .assert_says("You do not have permission to perform this action.");
     let keys = S3::connect().keys(&bucket);
-    assert!(!keys.iter().any(|k| k.contains(&sha[..8])), "objects of the rejected push left: {keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains(&sha[..8])),
+        "objects of the rejected push left: {keys:?}"
+    );
 
     // A user without the app is refused before anything runs.
     let other = unique("other");
-    app.push(&builder, &other, &key).assert_rejected().assert_says(&format!("has no access to app {other}"));
+    app.push(&builder, &other, &key)
+        .assert_rejected()
+        .assert_says(&format!("has no access to app {other}"));
 }

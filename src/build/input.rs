@@ -18,14 +18,30 @@ pub const BUILD_UID: u64 = 1000;
 pub const DRIVER: &str = "/build/bin/build";
 
 /// Writes the build input archive to `out`. `source` is a tar of the app tree (git archive).
-pub fn write(source: impl Read, config: &BTreeMap<String, String>, out: impl Write) -> io::Result<()> {
+pub fn write(
+    source: impl Read,
+    config: &BTreeMap<String, String>,
+    out: impl Write,
+) -> io::Result<()> {
     let mut tar = tar::Builder::new(out);
-    for dir in ["app", "build", "build/env", "build/cache", "build/buildpacks", "build/bin"] {
+    for dir in [
+        "app",
+        "build",
+        "build/env",
+        "build/cache",
+        "build/buildpacks",
+        "build/bin",
+    ] {
         append_dir(&mut tar, dir)?;
     }
     copy_source(source, &mut tar)?;
     for (name, value) in config {
-        append_file(&mut tar, &format!("build/env/{name}"), 0o600, value.as_bytes())?;
+        append_file(
+            &mut tar,
+            &format!("build/env/{name}"),
+            0o600,
+            value.as_bytes(),
+        )?;
     }
     append_buildpacks(&mut tar, &BUILDPACKS)?;
     tar.into_inner()?.flush()
@@ -55,7 +71,12 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> io::Result<()>
     tar.append_data(&mut h, path, io::empty())
 }
 
-fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> io::Result<()> {
     let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
     tar.append_data(&mut h, path, data)
 }
@@ -145,12 +166,29 @@ mod tests {
         for entry in archive.entries().unwrap() {
             let entry = entry.unwrap();
             assert_eq!(entry.header().uid().unwrap(), BUILD_UID);
-            names.push(entry.path().unwrap().to_string_lossy().trim_end_matches('/').to_owned());
+            names.push(
+                entry
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_owned(),
+            );
         }
-        for expected in ["app/app.py", "build/env/SECRET", "build/bin/build", "build/cache"] {
-            assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+        for expected in [
+            "app/app.py",
+            "build/env/SECRET",
+            "build/bin/build",
+            "build/cache",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing from {names:?}"
+            );
         }
-        assert!(names.iter().any(|n| n.starts_with("build/buildpacks/") && n.ends_with("/bin/compile")));
+        assert!(names
+            .iter()
+            .any(|n| n.starts_with("build/buildpacks/") && n.ends_with("/bin/compile")));
         assert!(!names.iter().any(|n| n.ends_with("README.md")));
     }
 

@@ -99,7 +99,11 @@ impl PushRunner for Pipeline {
             };
             match outcome {
                 Some(Ok(version)) => {
-                    tracing::info!(version, elapsed_ms = started.elapsed().as_millis() as u64, "deployed");
+                    tracing::info!(
+                        version,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "deployed"
+                    );
                     Verdict::Accept
                 }
                 Some(Err(error)) => {
@@ -109,7 +113,9 @@ impl PushRunner for Pipeline {
                     Verdict::Reject
                 }
                 None => {
-                    tracing::warn!("push cancelled: the client went away or the server is stopping");
+                    tracing::warn!(
+                        "push cancelled: the client went away or the server is stopping"
+                    );
                     published.roll_back().await;
                     Verdict::Reject
                 }
@@ -121,9 +127,17 @@ impl PushRunner for Pipeline {
 }
 
 impl Pipeline {
-    async fn build_and_release(&self, push: &Push, out: &Output, published: &Published) -> Result<u64, BuildError> {
+    async fn build_and_release(
+        &self,
+        push: &Push,
+        out: &Output,
+        published: &Published,
+    ) -> Result<u64, BuildError> {
         let keys = Keys::new(&push.app, push.commit.short());
-        let config = self.controller.app_config(&push.user, push.app.as_str()).await?;
+        let config = self
+            .controller
+            .app_config(&push.user, push.app.as_str())
+            .await?;
         if let Some(bad) = config.values.keys().find(|k| !input::valid_config_name(k)) {
             return Err(BuildError::ConfigName(crate::names::printable(bad)));
         }
@@ -131,7 +145,11 @@ impl Pipeline {
         let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
         published.put(&keys.source, &mut source_tar).await?;
 
-        let ignore = match push.source.read_file(&push.commit, ".slugignore", MAX_SLUGIGNORE).await? {
+        let ignore = match push
+            .source
+            .read_file(&push.commit, ".slugignore", MAX_SLUGIGNORE)
+            .await?
+        {
             Some(text) => SlugIgnore::parse(&String::from_utf8_lossy(&text)),
             None => SlugIgnore::empty(),
         };
@@ -139,10 +157,16 @@ impl Pipeline {
             out.detail(format!(".slugignore: {warning}")).await;
         }
 
-        let container = self.engine.create_build_container(&self.container_spec(push)).await?;
+        let container = self
+            .engine
+            .create_build_container(&self.container_spec(push))
+            .await?;
         let built = self.compile(&container, push, &config.values, out).await;
         let packed = match built {
-            Ok(()) => self.pack_and_store(&container, ignore, &keys, published).await,
+            Ok(()) => {
+                self.pack_and_store(&container, ignore, &keys, published)
+                    .await
+            }
             Err(error) => Err(error),
         };
         // Removed on every path; on cancellation the container's drop removes it instead.
@@ -156,9 +180,15 @@ impl Pipeline {
         if let Some(warning) = describe_types(&packed, &types) {
             out.detail(warning).await;
         }
-        out.step(format!("Compiled slug size is {}", human_size(packed.compressed_bytes))).await;
+        out.step(format!(
+            "Compiled slug size is {}",
+            human_size(packed.compressed_bytes)
+        ))
+        .await;
         let procfile = types.to_procfile();
-        published.put(&keys.procfile, &mut procfile.as_bytes()).await?;
+        published
+            .put(&keys.procfile, &mut procfile.as_bytes())
+            .await?;
 
         out.line("Build complete.").await;
         out.line("Launching App...").await;
@@ -174,7 +204,8 @@ impl Pipeline {
             })
             .await?;
         published.keep();
-        out.line(format!("Done, {}:v{version} deployed", push.app)).await;
+        out.line(format!("Done, {}:v{version} deployed", push.app))
+            .await;
         Ok(version)
     }
 
@@ -209,7 +240,11 @@ impl Pipeline {
     ) -> Result<(), BuildError> {
         let source = push.source.archive(&push.commit)?;
         let config = config.clone();
-        container.upload(blocking_writer(source, move |source, w| input::write(source, &config, w))).await?;
+        container
+            .upload(blocking_writer(source, move |source, w| {
+                input::write(source, &config, w)
+            }))
+            .await?;
         container.start().await?;
         let relay = async {
             let mut output = std::pin::pin!(container.output());
@@ -248,7 +283,10 @@ impl Pipeline {
                 ignore: &ignore,
             };
             match slug::pack(app_tree, &mut writer, &options) {
-                Ok(packed) => writer.finish().map(|()| packed).map_err(slug::SlugError::Io),
+                Ok(packed) => writer
+                    .finish()
+                    .map(|()| packed)
+                    .map_err(slug::SlugError::Io),
                 Err(error) => {
                     writer.fail(io::Error::other(error.to_string()));
                     Err(error)
@@ -269,7 +307,10 @@ impl Pipeline {
 /// Runs a blocking writer over an async byte stream, producing an async byte stream.
 fn blocking_writer<F>(input: ByteStream, write: F) -> ByteStream
 where
-    F: FnOnce(SyncIoBridge<StreamReader<ByteStream, bytes::Bytes>>, &mut crate::pipe::PipeWriter) -> io::Result<()>
+    F: FnOnce(
+            SyncIoBridge<StreamReader<ByteStream, bytes::Bytes>>,
+            &mut crate::pipe::PipeWriter,
+        ) -> io::Result<()>
         + Send
         + 'static,
 {
@@ -334,7 +375,11 @@ impl Published {
         }
     }
 
-    async fn put(&self, key: &str, body: &mut (dyn tokio::io::AsyncRead + Send + Unpin)) -> Result<u64, StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    ) -> Result<u64, StorageError> {
         let existed = self.store.exists(key).await?;
         let written = self.store.put(key, body).await?;
         if !existed {

@@ -23,10 +23,15 @@ pub const LABEL_PUSH: &str = "io.deis.builder.push";
 pub enum EngineError {
     #[error("cannot reach the Docker engine: {0}")]
     Connect(String),
-    #[error("stack image {0} is not in the Docker engine (build it with the project's set-up script)")]
+    #[error(
+        "stack image {0} is not in the Docker engine (build it with the project's set-up script)"
+    )]
     MissingImage(String),
     #[error("Docker engine error while {action}: {message}")]
-    Api { action: &'static str, message: String },
+    Api {
+        action: &'static str,
+        message: String,
+    },
 }
 
 fn api(action: &'static str) -> impl Fn(bollard::errors::Error) -> EngineError {
@@ -59,7 +64,10 @@ pub struct BuildContainerSpec {
 impl Engine {
     /// Connects through `DOCKER_HOST` (or the default socket) and agrees on an API version
     /// both sides speak, rather than assuming the client's newest.
-    pub async fn connect(instance: String, request_timeout: Duration) -> Result<Engine, EngineError> {
+    pub async fn connect(
+        instance: String,
+        request_timeout: Duration,
+    ) -> Result<Engine, EngineError> {
         let docker = Docker::connect_with_defaults()
             .map_err(|e| EngineError::Connect(e.to_string()))?
             .with_timeout(request_timeout)
@@ -80,9 +88,9 @@ impl Engine {
     pub async fn require_image(&self, image: &str) -> Result<(), EngineError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
-                Err(EngineError::MissingImage(image.to_owned()))
-            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(EngineError::MissingImage(image.to_owned())),
             Err(e) => Err(api("inspecting the stack image")(e)),
         }
     }
@@ -93,7 +101,10 @@ impl Engine {
             "label".to_owned(),
             vec![format!("{LABEL_INSTANCE}={}", self.instance)],
         )]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
         let leftovers = self
             .docker
             .list_containers(Some(options))
@@ -114,7 +125,10 @@ impl Engine {
             "label".to_owned(),
             vec![format!("{LABEL_INSTANCE}={}", self.instance)],
         )]);
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
         let found = self
             .docker
             .list_containers(Some(options))
@@ -124,7 +138,10 @@ impl Engine {
     }
 
     /// Creates (does not start) a locked-down build container.
-    pub async fn create_build_container(&self, spec: &BuildContainerSpec) -> Result<BuildContainer, EngineError> {
+    pub async fn create_build_container(
+        &self,
+        spec: &BuildContainerSpec,
+    ) -> Result<BuildContainer, EngineError> {
         let labels = HashMap::from([
             (LABEL_INSTANCE.to_owned(), self.instance.clone()),
             (LABEL_APP.to_owned(), spec.app.clone()),
@@ -167,9 +184,15 @@ impl Engine {
 }
 
 async fn remove_container(docker: &Docker, id: &str) -> Result<(), EngineError> {
-    let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+    let options = RemoveContainerOptionsBuilder::new()
+        .force(true)
+        .v(true)
+        .build();
     match docker.remove_container(id, Some(options)).await {
-        Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
         Err(e) => Err(api("removing a container")(e)),
     }
 }
@@ -209,7 +232,11 @@ impl BuildContainer {
 
     /// Everything the container writes, as it writes it.
     pub fn output(&self) -> impl Stream<Item = Result<Bytes, EngineError>> + Send + 'static {
-        let options = LogsOptionsBuilder::new().follow(true).stdout(true).stderr(true).build();
+        let options = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
         self.docker
             .logs(&self.id, Some(options))
             .map_ok(|chunk| chunk.into_bytes())
@@ -232,7 +259,9 @@ impl BuildContainer {
 
     /// A tar archive of `path` in the container; entries are named after its last component.
     pub fn download(&self, path: &str) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let options = DownloadFromContainerOptionsBuilder::new().path(path).build();
+        let options = DownloadFromContainerOptionsBuilder::new()
+            .path(path)
+            .build();
         self.docker
             .download_from_container(&self.id, Some(options))
             .map_err(|e| io::Error::other(format!("copying the build output: {e}")))

@@ -57,7 +57,8 @@ pub fn run_hook() -> i32 {
 fn relay_to_server() -> Result<Verdict, String> {
     let socket = std::env::var_os(ENV_HOOK_SOCKET)
         .ok_or("this hook is run by deis-builder during a push, not by hand")?;
-    let push_id = std::env::var(ENV_PUSH_ID).map_err(|_| "push id missing from the hook environment")?;
+    let push_id =
+        std::env::var(ENV_PUSH_ID).map_err(|_| "push id missing from the hook environment")?;
     let mut stdin = String::new();
     std::io::stdin()
         .take(MAX_REQUEST)
@@ -107,7 +108,11 @@ fn relay_to_server() -> Result<Verdict, String> {
 fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 5);
     out.push(tag);
-    out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(payload);
     out
 }
@@ -141,7 +146,11 @@ pub async fn serve(
     }
 }
 
-async fn handle(stream: UnixStream, git: &GitServer, runner: &dyn PushRunner) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    git: &GitServer,
+    runner: &dyn PushRunner,
+) -> std::io::Result<()> {
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half).take(MAX_REQUEST);
     let mut line = String::new();
@@ -173,7 +182,11 @@ async fn handle(stream: UnixStream, git: &GitServer, runner: &dyn PushRunner) ->
     let writer = tokio::spawn(async move {
         while let Some(data) = rx.recv().await {
             for chunk in data.chunks(MAX_FRAME) {
-                if write_half.write_all(&frame(TAG_OUTPUT, chunk)).await.is_err() {
+                if write_half
+                    .write_all(&frame(TAG_OUTPUT, chunk))
+                    .await
+                    .is_err()
+                {
                     write_cancel.cancel();
                     return None;
                 }
@@ -288,7 +301,11 @@ mod tests {
         assert!(err.contains("git push deis HEAD:master"), "{err}");
         let err = select_commit(&[update(OLD, "refs/heads/master")]).unwrap_err();
         assert!(err.contains("deleting master"), "{err}");
-        assert!(select_commit(&[update(NEW, "refs/heads/master"), update(NEW, "refs/heads/main")]).is_err());
+        assert!(select_commit(&[
+            update(NEW, "refs/heads/master"),
+            update(NEW, "refs/heads/main")
+        ])
+        .is_err());
         assert!(select_commit(&[]).is_err());
         assert!(select_commit(&["garbage".into()]).is_err());
         assert!(select_commit(&[update("xyz", "refs/heads/master")]).is_err());
@@ -298,9 +315,18 @@ mod tests {
     fn quarantine_env_stays_inside_the_repo() {
         let repo = Path::new("/data/repos/app.git");
         let env = vec![
-            ("GIT_OBJECT_DIRECTORY".to_owned(), "/data/repos/app.git/objects/incoming-x".to_owned()),
-            ("GIT_ALTERNATE_OBJECT_DIRECTORIES".to_owned(), "/etc".to_owned()),
-            ("LD_PRELOAD".to_owned(), "/data/repos/app.git/evil.so".to_owned()),
+            (
+                "GIT_OBJECT_DIRECTORY".to_owned(),
+                "/data/repos/app.git/objects/incoming-x".to_owned(),
+            ),
+            (
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES".to_owned(),
+                "/etc".to_owned(),
+            ),
+            (
+                "LD_PRELOAD".to_owned(),
+                "/data/repos/app.git/evil.so".to_owned(),
+            ),
         ];
         let kept = quarantine_env(&env, repo);
         assert_eq!(kept.len(), 1);

@@ -142,7 +142,9 @@ impl GitServer {
                 // Refuse rather than wait: the developer learns at once, and nothing queues
                 // behind a push whose client may never come back.
                 let Some(_lock) = self.locks.try_lock(app) else {
-                    let msg = format!("another push to {app} is in progress; try again when it has finished");
+                    let msg = format!(
+                        "another push to {app} is in progress; try again when it has finished"
+                    );
                     client.stdout(pkt_line_error(&msg)).await;
                     return 1;
                 };
@@ -197,7 +199,9 @@ impl GitServer {
                 .await
                 .map_err(|e| repo_err(e.to_string()))?;
             if !output.status.success() {
-                return Err(repo_err(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+                return Err(repo_err(
+                    String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+                ));
             }
             // Check every object a client sends: a corrupt or malicious pack is refused by git.
             let fsck = git_command(&git_dir)
@@ -259,12 +263,16 @@ async fn run_piped(
     client: &dyn ClientSink,
     cancel: CancellationToken,
 ) -> u32 {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(error) => {
             tracing::error!(%error, "cannot start git");
-            client.stderr(Bytes::from_static(b"fatal: the builder cannot run git\n")).await;
+            client
+                .stderr(Bytes::from_static(b"fatal: the builder cannot run git\n"))
+                .await;
             return 1;
         }
     };
@@ -344,7 +352,10 @@ pub struct Source {
 
 impl Source {
     pub(crate) fn new(git_dir: PathBuf, object_env: Vec<(String, String)>) -> Source {
-        Source { git_dir, object_env }
+        Source {
+            git_dir,
+            object_env,
+        }
     }
 
     fn command(&self) -> Command {
@@ -355,10 +366,7 @@ impl Source {
 
     /// Streams the tree of `commit` as a tar archive (no `.git`). The stream ends with an
     /// error, not early, if git fails, so a consumer never takes a truncated tree for a whole one.
-    pub fn archive(
-        &self,
-        commit: &CommitId,
-    ) -> Result<crate::pipe::ByteStream, GitError> {
+    pub fn archive(&self, commit: &CommitId) -> Result<crate::pipe::ByteStream, GitError> {
         use futures_util::StreamExt;
         let mut child = self
             .command()
@@ -378,11 +386,15 @@ impl Source {
         let exit_check = futures_util::stream::once(async move {
             match child.wait().await {
                 Ok(status) if status.success() => Ok(Bytes::new()),
-                Ok(status) => Err(std::io::Error::other(format!("git archive failed ({status})"))),
+                Ok(status) => Err(std::io::Error::other(format!(
+                    "git archive failed ({status})"
+                ))),
                 Err(e) => Err(e),
             }
         });
-        Ok(Box::pin(tokio_util::io::ReaderStream::new(stdout).chain(exit_check)))
+        Ok(Box::pin(
+            tokio_util::io::ReaderStream::new(stdout).chain(exit_check),
+        ))
     }
 
     /// Contents of `path` in `commit`, `None` when there is no such file.

@@ -22,7 +22,11 @@ pub struct Health {
     pub controller: Arc<dyn Controller>,
 }
 
-pub async fn serve(listener: TcpListener, health: Health, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readiness", get(readiness))
@@ -54,7 +58,11 @@ fn report(checks: Vec<(&'static str, Result<(), String>)>) -> Reply {
             (name.to_owned(), value)
         })
         .collect();
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({ "ok": healthy, "checks": body })))
 }
 
@@ -68,7 +76,10 @@ impl Health {
             ("engine", engine.map_err(|e| e.to_string())),
         ];
         if with_controller {
-            checks.push(("controller", self.controller.check().await.map_err(|e| e.to_string())));
+            checks.push((
+                "controller",
+                self.controller.check().await.map_err(|e| e.to_string()),
+            ));
         }
         checks
     }

@@ -79,7 +79,21 @@ pub enum SlugError {
     NotText { path: String },
 }
 
-/// Streams a tar into a deterministic slug; see the module docs and `slug/mod.rs`.
+/// Streams a tar (e.g. Docker's archive of `/app`) into a deterministic slug written to
+/// `output`, computing its SHA-256 on the way.
+///
+/// Output: gzip (level 6, header mtime 0, no file name) of a GNU tar whose entries are
+/// `./`, `./Procfile`, `./dir/`, … in input order, owner 0:0 with empty names, mtime
+/// [`SLUG_MTIME`], permission bits kept minus setuid/setgid. Regular files, directories,
+/// symlinks (target kept verbatim, never followed) and hard links (to a file already in
+/// the slug, else an error) are kept; devices, fifos and unknown types are skipped with a
+/// warning. Left out: `.git` at any depth, the top-level `.slugignore`, and whatever
+/// `opts.ignore` matches, except the top-level `Procfile` and `.release`, which the app
+/// needs to start. Entry names with `..` or a leading `/`, or outside `strip_prefix`, are
+/// errors. The top-level `Procfile` and `.release` (≤ [`MAX_CAPTURED_FILE_BYTES`]) are
+/// returned too; a top-level symlink to a later entry is followed for that purpose.
+///
+/// On error the output holds a partial slug that must be discarded.
 pub fn pack<R: Read, W: Write>(
     input: R,
     output: W,

@@ -254,11 +254,14 @@ pub fn parse_release_process_types(yaml: &str) -> Result<ProcessTypes, ReleaseEr
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .collect();
 
-    let Some(key_index) = lines.iter().position(|line| is_release_key_line(line)) else {
+    let Some((key_index, after_key)) = lines
+        .iter()
+        .enumerate()
+        .find_map(|(index, line)| release_key_value(line).map(|rest| (index, rest)))
+    else {
         return Ok(ProcessTypes::default());
     };
-    let key_line = lines[key_index];
-    let inline = strip_plain_comment(key_line[RELEASE_KEY.len()..].trim_start()[1..].trim());
+    let inline = strip_plain_comment(after_key.trim());
     if !inline.is_empty() {
         return parse_inline_value(inline, key_index + 1);
     }
@@ -309,9 +312,14 @@ fn value_is_double_quoted(entry: &str) -> bool {
         .is_some_and(|(_, value)| value.trim_start().starts_with('"'))
 }
 
-fn is_release_key_line(line: &str) -> bool {
-    line.strip_prefix(RELEASE_KEY)
-        .is_some_and(|rest| rest.trim_start().starts_with(':'))
+/// Matches `default_process_types:` at column 0, the key plain or quoted; returns the text
+/// after the colon.
+fn release_key_value(line: &str) -> Option<&str> {
+    let rest = line
+        .strip_prefix(RELEASE_KEY)
+        .or_else(|| line.strip_prefix("\"default_process_types\""))
+        .or_else(|| line.strip_prefix("'default_process_types'"))?;
+    rest.trim_start().strip_prefix(':')
 }
 
 fn parse_inline_value(value: &str, line: usize) -> Result<ProcessTypes, ReleaseError> {
@@ -619,6 +627,8 @@ mod tests {
                 &[("web", "cmd")],
             ),
             ("default_process_types :\n  web: x\n", &[("web", "x")]),
+            ("\"default_process_types\": # c\n  web: x\n", &[("web", "x")]),
+            ("  default_process_types:\n    web: nested, not ours\n", &[]),
         ];
         for (input, expected) in cases {
             assert_eq!(

@@ -353,6 +353,30 @@ fn pack_rejects_unsafe_and_bad_input() {
 }
 
 #[test]
+fn names_around_the_100_byte_field_and_git_lookalikes() {
+    let mut tar = InputTar::new();
+    tar.dir("app/");
+    // Output names gain "./": 97 + 2 = 99, 98 + 2 = 100, 99 + 2 = 101 bytes.
+    let names: Vec<String> = (97..=99).map(|len| "n".repeat(len)).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut name = name.clone();
+        name.replace_range(0..1, &i.to_string());
+        tar.file(&format!("app/{name}"), 0o644, name.as_bytes());
+    }
+    tar.dir("app/.github/")
+        .file("app/.gitignore", 0o644, b"x")
+        .file("app/.git", 0o644, b"gitdir: x");
+    let (_, slug) = pack_bytes(&tar.bytes(), "app", &SlugIgnore::empty()).unwrap();
+    let entries = read_slug(&slug);
+    for entry in &entries[1..4] {
+        assert_eq!(entry.name.len(), entry.data.len() + 2, "{}", entry.name);
+        assert_eq!(entry.name.as_bytes()[2..], entry.data[..]);
+    }
+    let tail: Vec<&str> = entries[4..].iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(tail, vec!["./.github/", "./.gitignore"]);
+}
+
+#[test]
 fn protected_files_survive_slugignore_and_symlinked_procfile_is_read() {
     let mut tar = InputTar::new();
     tar.dir("app/")

@@ -21,7 +21,10 @@ pub enum HostKeyError {
 
 /// Loads every key in `paths`. A missing file is generated only when it is the single
 /// default key, so a typo in an operator's key path is an error, not a silent new identity.
-pub fn load_or_generate(paths: &[PathBuf], generate_missing: bool) -> Result<Vec<PrivateKey>, HostKeyError> {
+pub fn load_or_generate(
+    paths: &[PathBuf],
+    generate_missing: bool,
+) -> Result<Vec<PrivateKey>, HostKeyError> {
     paths
         .iter()
         .map(|path| {

@@ -51,7 +51,12 @@ pub fn server_config(keys: Vec<PrivateKey>) -> russh::server::Config {
 
 impl SshServer {
     /// The accept loop. Returns when `shutdown` fires; live connections are tracked by `tracker`.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken, tracker: TaskTracker) {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let this = Arc::new(self);
         loop {
@@ -129,7 +134,10 @@ impl ClientSink for ChannelWriter {
     }
 
     async fn stderr(&self, data: Bytes) -> bool {
-        self.handle.extended_data(self.channel, 1, data).await.is_ok()
+        self.handle
+            .extended_data(self.channel, 1, data)
+            .await
+            .is_ok()
     }
 }
 
@@ -155,14 +163,20 @@ impl Connection {
     }
 
     fn username(&self) -> &str {
-        self.user.as_ref().map_or("unknown", |u| u.username.as_str())
+        self.user
+            .as_ref()
+            .map_or("unknown", |u| u.username.as_str())
     }
 }
 
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
-    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
         let Ok(blob) = key.public_key.to_bytes() else {
             return Ok(Auth::reject());
         };
@@ -194,7 +208,12 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         let writer = self.writer(channel, session);
         let parsed = command::parse(data);
@@ -211,7 +230,10 @@ impl russh::server::Handler for Connection {
         };
         if !user.may_push(command.app.as_str()) {
             tracing::info!(user = %user.username, app = %command.app, "app access refused");
-            let msg = format!("deis-builder: user {} has no access to app {}", user.username, command.app);
+            let msg = format!(
+                "deis-builder: user {} has no access to app {}",
+                user.username, command.app
+            );
             tokio::spawn(async move { writer.refuse(&msg).await });
             return Ok(());
         }
@@ -228,7 +250,14 @@ impl russh::server::Handler for Connection {
             async move {
                 tracing::info!("started");
                 let status = git
-                    .serve(&command, &user.username, protocol.as_deref(), stdin_rx, &writer, cancel)
+                    .serve(
+                        &command,
+                        &user.username,
+                        protocol.as_deref(),
+                        stdin_rx,
+                        &writer,
+                        cancel,
+                    )
                     .await;
                 tracing::info!(status, "finished");
                 writer.finish(status).await;
@@ -238,7 +267,12 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         if let Some(Some(stdin)) = self.channels.get(&channel) {
             // Waiting here is our backpressure: git reads slower than the client sends.
             if stdin.send(Bytes::copy_from_slice(data)).await.is_err() {
@@ -248,13 +282,21 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         // Dropping the sender closes git's stdin.
         self.channels.insert(channel, None);
         Ok(())
     }
 
-    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -268,14 +310,20 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         // Git asks for protocol v2 this way; every other variable is ignored.
         let plausible = value.len() <= 64
-            && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"=:.-_".contains(&b));
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"=:.-_".contains(&b));
         if name == "GIT_PROTOCOL" && plausible {
             self.git_protocol = Some(value.to_owned());
         }
         Ok(())
     }
 
-    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         let writer = self.writer(channel, session);
         let msg = format!(
@@ -286,10 +334,18 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
         let writer = self.writer(channel, session);
-        let msg = format!("deis-builder: subsystem {:?} is not available", crate::names::printable(name));
+        let msg = format!(
+            "deis-builder: subsystem {:?} is not available",
+            crate::names::printable(name)
+        );
         tokio::spawn(async move { writer.refuse(&msg).await });
         Ok(())
     }

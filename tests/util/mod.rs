@@ -46,7 +46,11 @@ pub fn unique(prefix: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub enum Storage {
@@ -111,7 +115,8 @@ impl Builder {
             }
         }
         if let ControllerMode::Deis { url, key } = &options.controller {
-            cmd.args(["--controller-url", url]).env("DEIS_BUILDER_KEY", key);
+            cmd.args(["--controller-url", url])
+                .env("DEIS_BUILDER_KEY", key);
         }
         cmd.args(&options.extra_args);
         let child = cmd.spawn().expect("start deis-builder");
@@ -131,7 +136,10 @@ impl Builder {
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("deis-builder exited during start-up ({status}):\n{}", self.log());
+                    panic!(
+                        "deis-builder exited during start-up ({status}):\n{}",
+                        self.log()
+                    );
                 }
             }
             if http_get(self.http_port, "/healthz").map(|(status, _)| status) == Some(200) {
@@ -183,7 +191,10 @@ impl Builder {
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
         let deadline = Instant::now() + Duration::from_secs(40);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -209,12 +220,21 @@ impl Drop for Builder {
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -242,7 +262,11 @@ impl Key {
             .unwrap()
             .trim()
             .to_owned();
-        let out = Command::new("ssh-keygen").args(["-l", "-E", "md5", "-f"]).arg(&path).output().unwrap();
+        let out = Command::new("ssh-keygen")
+            .args(["-l", "-E", "md5", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let fingerprint = text
             .split_whitespace()
@@ -266,20 +290,29 @@ impl Key {
         )
     }
 
-    /// Runs plain `ssh` against the builder with extra arguments (e.g. a remote command).
-    pub fn ssh(&self, port: u16, args: &[&str]) -> std::process::Output {
+    /// Runs plain `ssh git@127.0.0.1` against the builder: `options` go before the host,
+    /// `command` after it.
+    pub fn ssh(&self, port: u16, options: &[&str], command: &[&str]) -> std::process::Output {
         Command::new("ssh")
             .args(["-p", &port.to_string(), "-i"])
             .arg(&self.path)
             .args([
-                "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "IdentitiesOnly=yes",
-                "-o", "LogLevel=ERROR",
-                "-o", "BatchMode=yes",
-                "-o", "ConnectTimeout=20",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=20",
             ])
-            .args(args)
+            .args(options)
+            .arg("git@127.0.0.1")
+            .args(command)
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -292,13 +325,20 @@ pub struct App {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apps").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/apps")
+        .join(name)
 }
 
 impl App {
     pub fn from_fixture(name: &str) -> App {
         let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("cp").arg("-a").arg(format!("{}/.", fixture(name).display())).arg(dir.path()).status().unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", fixture(name).display()))
+            .arg(dir.path())
+            .status()
+            .unwrap();
         assert!(status.success());
         let app = App { dir };
         app.git(&["init", "-q", "-b", "master"]);
@@ -309,7 +349,11 @@ impl App {
 
     pub fn git(&self, args: &[&str]) -> String {
         let out = self.git_command().args(args).output().unwrap();
-        assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -356,7 +400,11 @@ impl App {
             .unwrap();
         Pushed {
             status: out.status,
-            output: format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
 
@@ -436,13 +484,21 @@ impl Pushed {
 
     #[track_caller]
     pub fn assert_rejected(&self) -> &Self {
-        assert!(!self.status.success(), "push should have failed:\n{}", self.output);
+        assert!(
+            !self.status.success(),
+            "push should have failed:\n{}",
+            self.output
+        );
         self
     }
 
     #[track_caller]
     pub fn assert_says(&self, text: &str) -> &Self {
-        assert!(self.output.contains(text), "expected {text:?} in:\n{}", self.output);
+        assert!(
+            self.output.contains(text),
+            "expected {text:?} in:\n{}",
+            self.output
+        );
         self
     }
 }
@@ -470,7 +526,10 @@ impl LivePush {
                 Err(_) => break,
             }
         }
-        panic!("never saw {text:?}; output so far:\n{}", self.seen.join("\n"));
+        panic!(
+            "never saw {text:?}; output so far:\n{}",
+            self.seen.join("\n")
+        );
     }
 
     /// Waits for git to exit; returns its status and the whole output.
@@ -487,7 +546,13 @@ impl LivePush {
 
     /// Kills git and its ssh child, like a developer closing the terminal.
     pub fn kill(mut self) {
-        let _ = Command::new("kill").args(["-KILL", &format!("-{}", self.child.id())]).status();
+        // The whole process group: git and the ssh it started. Through libc, because
+        // procps' kill(1) reads a negative pid after a signal name ambiguously.
+        let pgid = libc::pid_t::try_from(self.child.id()).unwrap();
+        assert!(pgid > 1);
+        unsafe {
+            libc::killpg(pgid, libc::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }
@@ -495,17 +560,32 @@ impl LivePush {
 /// IDs of containers labelled with `app` (any state).
 pub fn containers_of(app: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=io.deis.builder.app={app}")])
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.deis.builder.app={app}"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    assert!(
+        out.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Lets a build held by the `procfile-wait` fixture continue.
 pub fn release_waiting_build(app: &str) {
     for id in containers_of(app) {
-        let status = Command::new("docker").args(["exec", &id, "touch", "/tmp/continue"]).status().unwrap();
+        let status = Command::new("docker")
+            .args(["exec", &id, "touch", "/tmp/continue"])
+            .status()
+            .unwrap();
         assert!(status.success(), "docker exec failed");
     }
 }
@@ -527,13 +607,24 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
 /// Lists the entry names of a gzip'd tar (the slug), via GNU tar like an operator would.
 pub fn slug_entries(slug: &Path) -> Vec<String> {
     let out = Command::new("tar").arg("-tzf").arg(slug).output().unwrap();
-    assert!(out.status.success(), "tar -tzf failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    assert!(
+        out.status.success(),
+        "tar -tzf failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 pub fn sha256_file(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// An S3 client for checking what the builder stored, independent of the builder's code.
@@ -573,8 +664,18 @@ impl S3 {
 
     pub fn keys(&self, bucket: &str) -> Vec<String> {
         self.runtime.block_on(async {
-            let listed = self.client.list_objects_v2().bucket(bucket).send().await.unwrap();
-            let mut keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            let listed = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .send()
+                .await
+                .unwrap();
+            let mut keys: Vec<String> = listed
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
             keys.sort();
             keys
         })
@@ -584,7 +685,14 @@ impl S3 {
     pub fn download(&self, bucket: &str, key: &str, dir: &Path) -> PathBuf {
         let path = dir.join(key.replace(['/', ':'], "_"));
         self.runtime.block_on(async {
-            let object = self.client.get_object().bucket(bucket).key(key).send().await.unwrap();
+            let object = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
             let data = object.body.collect().await.unwrap().into_bytes();
             std::fs::write(&path, &data).unwrap();
         });
