@@ -192,3 +192,33 @@ fn killing_the_client_mid_build_cleans_up() {
         .assert_ok()
         .assert_says(&format!("Done, {name}:v1 deployed"));
 }
+
+#[test]
+fn a_crashed_builder_sweeps_its_leftovers_on_restart() {
+    require_services!();
+    let mut builder = Builder::start(BuilderOptions::default());
+    let key = Key::generate("ed25519", "dev");
+    builder.authorize(&key);
+    let app = App::from_fixture("procfile-wait");
+    let name = unique("crash");
+
+    let mut push = app.push_live(&builder, &name, &key);
+    push.wait_for("waiting for /tmp/continue");
+    builder.crash_and_restart();
+    push.finish().assert_rejected();
+    assert!(
+        containers_of(&name).is_empty(),
+        "the restart did not sweep the build container"
+    );
+    assert!(builder
+        .log()
+        .contains("removed containers left by a previous run"));
+
+    let mut again = app.push_live(&builder, &name, &key);
+    again.wait_for("waiting for /tmp/continue");
+    release_waiting_build(&name);
+    again
+        .finish()
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v1 deployed"));
+}

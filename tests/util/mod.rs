@@ -82,6 +82,8 @@ impl Default for BuilderOptions {
 /// A running `deis-builder serve`, stopped with SIGTERM when dropped.
 pub struct Builder {
     child: Option<Child>,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
     pub data_dir: TempDir,
     pub ssh_port: u16,
     pub http_port: u16,
@@ -94,41 +96,74 @@ impl Builder {
         let ssh_port = free_port();
         let http_port = free_port();
         let log_path = data_dir.path().join("builder.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deis-builder"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(["--ssh-addr", &format!("127.0.0.1:{ssh_port}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-            .args(["--stack-image", &stack_image()])
-            .env("RUST_LOG", "info,deis_builder=debug")
-            .env_remove("DEIS_CONTROLLER_SERVICE_HOST")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            data_dir.path().display().to_string(),
+            "--ssh-addr".into(),
+            format!("127.0.0.1:{ssh_port}"),
+            "--http-addr".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--stack-image".into(),
+            stack_image(),
+        ];
+        let mut envs = Vec::new();
         match &options.storage {
             Storage::Local => {}
             Storage::S3 { bucket } => {
-                cmd.args(["--storage", &format!("s3://{bucket}")])
-                    .args(["--s3-endpoint", &s3_endpoint()]);
+                args.extend([
+                    "--storage".into(),
+                    format!("s3://{bucket}"),
+                    "--s3-endpoint".into(),
+                    s3_endpoint(),
+                ]);
             }
         }
         if let ControllerMode::Deis { url, key } = &options.controller {
-            cmd.args(["--controller-url", url])
-                .env("DEIS_BUILDER_KEY", key);
+            args.extend(["--controller-url".into(), url.clone()]);
+            envs.push(("DEIS_BUILDER_KEY".to_owned(), key.clone()));
         }
-        cmd.args(&options.extra_args);
-        let child = cmd.spawn().expect("start deis-builder");
+        args.extend(options.extra_args.iter().cloned());
         let mut builder = Builder {
-            child: Some(child),
+            child: None,
+            args,
+            envs,
             data_dir,
             ssh_port,
             http_port,
             log_path,
         };
-        builder.wait_ready();
+        builder.spawn();
         builder
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_deis-builder"))
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info,deis_builder=debug")
+            .env_remove("DEIS_CONTROLLER_SERVICE_HOST")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start deis-builder");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// SIGKILLs the builder (no clean-up runs) and starts it again on the same data dir.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        self.spawn();
     }
 
     fn wait_ready(&mut self) {
