@@ -29,7 +29,6 @@ fn main() -> ExitCode {
             match runtime.block_on(deis_builder::server::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    tracing::error!("{error:#}");
                     eprintln!("deis-builder: {error:#}");
                     ExitCode::FAILURE
                 }

@@ -13,14 +13,12 @@ use util::*;
 fn buildpack_app_is_built_stored_in_s3_and_released() {
     require_services!();
     let bucket = unique("bkt");
-    let builder = Builder::start(BuilderOptions {
+    let (builder, key) = Builder::with_developer_and(BuilderOptions {
         storage: Storage::S3 {
             bucket: bucket.clone(),
         },
         ..Default::default()
     });
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
     let app = App::from_fixture("python-web");
     let name = unique("py");
 
@@ -113,9 +111,7 @@ fn buildpack_app_is_built_stored_in_s3_and_released() {
 #[test]
 fn build_output_arrives_while_the_build_runs() {
     require_services!();
-    let builder = Builder::start(BuilderOptions::default());
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
+    let (builder, key) = Builder::with_developer();
     let app = App::from_fixture("procfile-wait");
     let name = unique("live");
 
@@ -148,9 +144,7 @@ fn build_output_arrives_while_the_build_runs() {
 #[test]
 fn second_buildpack_and_bad_apps() {
     require_services!();
-    let builder = Builder::start(BuilderOptions::default());
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
+    let (builder, key) = Builder::with_developer();
 
     let name = unique("static");
     App::from_fixture("static-site")
@@ -186,14 +180,12 @@ fn second_buildpack_and_bad_apps() {
 fn failing_compile_rejects_the_push_and_leaves_nothing() {
     require_services!();
     let bucket = unique("bkt");
-    let builder = Builder::start(BuilderOptions {
+    let (builder, key) = Builder::with_developer_and(BuilderOptions {
         storage: Storage::S3 {
             bucket: bucket.clone(),
         },
         ..Default::default()
     });
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
     let app = App::from_fixture("failing");
     let name = unique("fail");
 

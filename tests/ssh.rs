@@ -109,9 +109,7 @@ fn hostile_exec_requests_are_refused_and_create_nothing() {
 #[test]
 fn only_master_or_main_deploys() {
     require_services!();
-    let builder = Builder::start(BuilderOptions::default());
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
+    let (builder, key) = Builder::with_developer();
     let app = App::from_fixture("static-site");
     let name = unique("refs");
     app.push_ref(&builder, &name, &key, "master:feature")
@@ -132,9 +130,7 @@ fn only_master_or_main_deploys() {
 #[test]
 fn concurrent_pushes() {
     require_services!();
-    let builder = Builder::start(BuilderOptions::default());
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
+    let (builder, key) = Builder::with_developer();
     let first = unique("busy");
     let second = unique("other");
     let app = App::from_fixture("procfile-wait");
@@ -167,9 +163,7 @@ fn concurrent_pushes() {
 #[test]
 fn killing_the_client_mid_build_cleans_up() {
     require_services!();
-    let builder = Builder::start(BuilderOptions::default());
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
+    let (builder, key) = Builder::with_developer();
     let app = App::from_fixture("procfile-wait");
     let name = unique("gone");
 
@@ -196,9 +190,7 @@ fn killing_the_client_mid_build_cleans_up() {
 #[test]
 fn a_crashed_builder_sweeps_its_leftovers_on_restart() {
     require_services!();
-    let mut builder = Builder::start(BuilderOptions::default());
-    let key = Key::generate("ed25519", "dev");
-    builder.authorize(&key);
+    let (mut builder, key) = Builder::with_developer();
     let app = App::from_fixture("procfile-wait");
     let name = unique("crash");
 

@@ -119,24 +119,6 @@ impl Engine {
         Ok(removed)
     }
 
-    /// Counts this instance's containers; used by tests and health output.
-    pub async fn count_containers(&self) -> Result<usize, EngineError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![format!("{LABEL_INSTANCE}={}", self.instance)],
-        )]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let found = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(api("listing containers"))?;
-        Ok(found.len())
-    }
-
     /// Creates (does not start) a locked-down build container.
     pub async fn create_build_container(
         &self,

@@ -166,6 +166,18 @@ impl Builder {
         self.spawn();
     }
 
+    /// A standalone builder with local storage and one authorised ed25519 key.
+    pub fn with_developer() -> (Builder, Key) {
+        Self::with_developer_and(BuilderOptions::default())
+    }
+
+    pub fn with_developer_and(options: BuilderOptions) -> (Builder, Key) {
+        let builder = Builder::start(options);
+        let key = Key::generate("ed25519", "dev");
+        builder.authorize(&key);
+        (builder, key)
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
