@@ -1,32 +1,29 @@
 //! One build, from a received push to a released slug. Knows nothing of SSH: it gets a
 //! [`Push`], writes progress to an [`Output`] and returns a [`Verdict`].
 
+mod buildpack;
 mod input;
 
-use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::BuildSettings;
 use crate::controller::{BuildHook, Controller, ControllerError};
-use crate::engine::{BuildContainer, BuildContainerSpec, Engine, EngineError};
+use crate::engine::{Engine, EngineError};
 use crate::git::GitError;
 use crate::names::AppName;
 use crate::pipe::ByteStream;
 use crate::push::{Output, Push, PushRunner, Verdict};
-use crate::slug::{self, PackOptions, ProcessTypes, SlugIgnore};
+use crate::slug::{self, ProcessTypes};
 use crate::storage::{ObjectStore, StorageError};
 
 /// The stack name buildpacks see in `$STACK`.
 pub const STACK: &str = "deis-bookworm";
-/// Largest `.slugignore` we read.
-const MAX_SLUGIGNORE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -145,49 +142,8 @@ impl Pipeline {
         let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
         published.put(&keys.source, &mut source_tar).await?;
 
-        let ignore = match push
-            .source
-            .read_file(&push.commit, ".slugignore", MAX_SLUGIGNORE)
-            .await?
-        {
-            Some(text) => SlugIgnore::parse(&String::from_utf8_lossy(&text)),
-            None => SlugIgnore::empty(),
-        };
-        for warning in ignore.warnings() {
-            out.detail(format!(".slugignore: {warning}")).await;
-        }
-
-        let container = self
-            .engine
-            .create_build_container(&self.container_spec(push))
-            .await?;
-        let built = self.compile(&container, push, &config.values, out).await;
-        let packed = match built {
-            Ok(()) => {
-                self.pack_and_store(&container, ignore, &keys, published)
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        // Removed on every path; on cancellation the container's drop removes it instead.
-        if let Err(error) = container.remove().await {
-            tracing::error!(%error, "cannot remove build container");
-        }
-        let packed = packed?;
-
-        let types = process_types(&packed)?;
-        out.step("Discovering process types").await;
-        if let Some(warning) = describe_types(&packed, &types) {
-            out.detail(warning).await;
-        }
-        out.step(format!(
-            "Compiled slug size is {}",
-            human_size(packed.compressed_bytes)
-        ))
-        .await;
-        let procfile = types.to_procfile();
-        published
-            .put(&keys.procfile, &mut procfile.as_bytes())
+        let artifact = self
+            .buildpack_build(push, &config.values, out, published, &keys)
             .await?;
 
         out.line("Build complete.").await;
@@ -198,9 +154,9 @@ impl Pipeline {
                 user: &push.user,
                 app: push.app.as_str(),
                 sha: push.commit.as_str(),
-                image: &keys.slug,
-                procfile: &types.0,
-                dockerfile: false,
+                image: &artifact.image,
+                procfile: &artifact.process_types.0,
+                dockerfile: artifact.dockerfile,
             })
             .await?;
         published.keep();
@@ -208,104 +164,19 @@ impl Pipeline {
             .await;
         Ok(version)
     }
+}
 
-    fn container_spec(&self, push: &Push) -> BuildContainerSpec {
-        BuildContainerSpec {
-            image: self.settings.stack_image.clone(),
-            cmd: vec!["/bin/bash".into(), input::DRIVER.into()],
-            env: vec![
-                "HOME=/app".into(),
-                "APP_DIR=/app".into(),
-                format!("STACK={STACK}"),
-                format!("SOURCE_VERSION={}", push.commit),
-                format!("REQUEST_ID={}", push.id),
-                format!("DEIS_APP={}", push.app),
-            ],
-            user: format!("{uid}:{uid}", uid = input::BUILD_UID),
-            network: self.settings.network.clone(),
-            memory_bytes: self.settings.memory_bytes,
-            pids_limit: self.settings.pids_limit,
-            app: push.app.to_string(),
-            push_id: push.id.clone(),
-        }
-    }
-
-    /// Copies the input in, runs the driver with its output streamed live, waits for it.
-    async fn compile(
-        &self,
-        container: &BuildContainer,
-        push: &Push,
-        config: &BTreeMap<String, String>,
-        out: &Output,
-    ) -> Result<(), BuildError> {
-        let source = push.source.archive(&push.commit)?;
-        let config = config.clone();
-        container
-            .upload(blocking_writer(source, move |source, w| {
-                input::write(source, &config, w)
-            }))
-            .await?;
-        container.start().await?;
-        let relay = async {
-            let mut output = std::pin::pin!(container.output());
-            while let Some(chunk) = output.next().await {
-                match chunk {
-                    Ok(data) => out.bytes(data).await,
-                    Err(error) => tracing::warn!(%error, "build output interrupted"),
-                }
-            }
-        };
-        let timeout = self.settings.timeout;
-        let code = tokio::time::timeout(timeout, async { tokio::join!(relay, container.wait()).1 })
-            .await
-            .map_err(|_| BuildError::Timeout(timeout))??;
-        match code {
-            0 => Ok(()),
-            2 => Err(BuildError::NoBuildpack),
-            code => Err(BuildError::BuildFailed(code)),
-        }
-    }
-
-    /// Streams `/app` out of the container, through the slug packer, into object storage.
-    async fn pack_and_store(
-        &self,
-        container: &BuildContainer,
-        ignore: SlugIgnore,
-        keys: &Keys,
-        published: &Published,
-    ) -> Result<slug::PackedSlug, BuildError> {
-        let download: ByteStream = Box::pin(container.download("/app"));
-        let app_tree = SyncIoBridge::new(StreamReader::new(download));
-        let (mut writer, slug_stream) = crate::pipe::pipe(8);
-        let packer = tokio::task::spawn_blocking(move || {
-            let options = PackOptions {
-                strip_prefix: "app/",
-                ignore: &ignore,
-            };
-            match slug::pack(app_tree, &mut writer, &options) {
-                Ok(packed) => writer
-                    .finish()
-                    .map(|()| packed)
-                    .map_err(slug::SlugError::Io),
-                Err(error) => {
-                    writer.fail(io::Error::other(error.to_string()));
-                    Err(error)
-                }
-            }
-        });
-        let mut body = StreamReader::new(slug_stream);
-        let stored = published.put(&keys.slug, &mut body).await;
-        let packed = packer
-            .await
-            .map_err(|e| io::Error::other(format!("slug packer crashed: {e}")))??;
-        stored?;
-        tracing::info!(sha256 = %packed.sha256, bytes = packed.compressed_bytes, "slug stored");
-        Ok(packed)
-    }
+/// What a build produced, for the release.
+#[derive(Debug)]
+pub struct Artifact {
+    /// The slug's object key, or the image reference.
+    pub image: String,
+    pub process_types: ProcessTypes,
+    pub dockerfile: bool,
 }
 
 /// Runs a blocking writer over an async byte stream, producing an async byte stream.
-fn blocking_writer<F>(input: ByteStream, write: F) -> ByteStream
+pub(crate) fn blocking_writer<F>(input: ByteStream, write: F) -> ByteStream
 where
     F: FnOnce(
             SyncIoBridge<StreamReader<ByteStream, bytes::Bytes>>,
@@ -323,41 +194,6 @@ where
         Err(error) => writer.fail(error),
     });
     output
-}
-
-/// Process types: the app's Procfile wins; otherwise the buildpack's defaults.
-fn process_types(packed: &slug::PackedSlug) -> Result<ProcessTypes, BuildError> {
-    if let Some(procfile) = &packed.procfile {
-        return Ok(slug::parse_procfile(procfile)?);
-    }
-    match &packed.release {
-        Some(release) => Ok(slug::parse_release_process_types(release)?),
-        None => Ok(ProcessTypes(BTreeMap::new())),
-    }
-}
-
-fn describe_types(packed: &slug::PackedSlug, types: &ProcessTypes) -> Option<String> {
-    let names = types.names().join(", ");
-    Some(match (packed.procfile.is_some(), types.is_empty()) {
-        (_, true) => "No process types declared (add a Procfile)".to_owned(),
-        (true, false) => format!("Procfile declares types -> {names}"),
-        (false, false) => format!("Default types for buildpack -> {names}"),
-    })
-}
-
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "K", "M", "G"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size >= 1024.0 && unit < UNITS.len() - 1 {
-        size /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{size:.1}{}", UNITS[unit])
-    }
 }
 
 /// Objects this push created, deleted again if the push does not land, so a failed push
@@ -417,12 +253,5 @@ mod tests {
         assert_eq!(keys.source, "home/myapp:git-1234abcd/tar");
         assert_eq!(keys.slug, "home/myapp:git-1234abcd/push/slug.tgz");
         assert_eq!(keys.procfile, "home/myapp:git-1234abcd/push/Procfile");
-    }
-
-    #[test]
-    fn sizes_read_like_heroku() {
-        assert_eq!(human_size(512), "512B");
-        assert_eq!(human_size(1536), "1.5K");
-        assert_eq!(human_size(3 << 20), "3.0M");
     }
 }
