@@ -164,7 +164,7 @@ PY
 }
 
 ensure_packages() {
-    local wanted=(docker.io debootstrap docker-registry busybox-static git openssh-client
+    local wanted=(docker.io debootstrap docker-registry apache2-utils busybox-static git openssh-client
         openssh-server ca-certificates debian-archive-keyring)
     command -v python3 >/dev/null || wanted+=(python3)
     # A kernel with AppArmor on makes dockerd load a profile with apparmor_parser.

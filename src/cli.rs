@@ -22,6 +22,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Git pre-receive hook: relays a push to the running server (installed by the server).
     Hook,
+    /// Import an existing image: pull it, push it to the private registry, release it.
+    Pull(Box<PullArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -108,7 +110,57 @@ pub struct ServeArgs {
     #[arg(long, env = "DEIS_BUILDER_BUILD_TIMEOUT", default_value = "15m")]
     pub build_timeout: String,
 
+    /// Private registry (HOST:PORT) that Dockerfile builds and imports are pushed to; without
+    /// one, images stay in the local engine [default: from $DEIS_REGISTRY_SERVICE_HOST and
+    /// $DEIS_REGISTRY_SERVICE_PORT when set]
+    #[arg(long, env = "DEIS_BUILDER_REGISTRY")]
+    pub registry: Option<String>,
+
+    /// User name for the private registry.
+    #[arg(long, env = "DEIS_REGISTRY_USERNAME")]
+    pub registry_username: Option<String>,
+
+    /// Password for the private registry.
+    #[arg(long, env = "DEIS_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+
     /// Log format: `human` or `json`.
     #[arg(long, env = "DEIS_BUILDER_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub import: ImportArgs,
+
+    /// The builder's own settings (controller, registry, data dir), as for `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The image to import, e.g. `registry.example.com/team/web:1.4`.
+    pub image: String,
+
+    /// App to release the image as.
+    #[arg(long)]
+    pub app: String,
+
+    /// Procfile giving the image's process types.
+    #[arg(long)]
+    pub procfile: Option<PathBuf>,
+
+    /// User the release is made for (the controller checks they may deploy the app).
+    #[arg(long, env = "USER", default_value = "admin")]
+    pub user: String,
+
+    /// User name for the registry the image comes from.
+    #[arg(long, env = "DEIS_PULL_USERNAME")]
+    pub source_username: Option<String>,
+
+    /// Password for the registry the image comes from.
+    #[arg(long, env = "DEIS_PULL_PASSWORD", hide_env_values = true)]
+    pub source_password: Option<String>,
 }

@@ -53,15 +53,38 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct BuildSettings {
     pub stack_image: String,
+    /// Where images go; `None` keeps them in the local engine.
+    pub registry: Option<RegistrySettings>,
     pub network: String,
     pub memory_bytes: i64,
     pub pids_limit: i64,
     pub timeout: Duration,
 }
 
+/// The private registry. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct RegistrySettings {
+    /// `host:port`
+    pub host: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistrySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrySettings")
+            .field("host", &self.host)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// The shared secret callers of the import endpoint must present (the Deis builder key).
+    /// Without one the endpoint is off.
+    pub builder_key: Option<String>,
     pub ssh_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub host_keys: Vec<PathBuf>,
@@ -105,6 +128,7 @@ impl Settings {
         } else {
             args.host_keys
         };
+        let standalone_key = args.builder_key.clone().filter(|k| !k.trim().is_empty());
         let controller = controller_settings(
             args.controller_url,
             args.builder_key,
@@ -122,8 +146,15 @@ impl Settings {
             !args.s3_virtual_hosted,
             &data_dir,
         )?;
+        let registry = registry_settings(
+            args.registry,
+            args.registry_username,
+            args.registry_password,
+            &env,
+        )?;
         let build = BuildSettings {
             stack_image: non_empty("--stack-image", args.stack_image)?,
+            registry,
             network: non_empty("--build-network", args.build_network)?,
             memory_bytes: parse_bytes("--build-memory", &args.build_memory)?,
             pids_limit: match args.build_pids {
@@ -142,8 +173,13 @@ impl Settings {
                 ))
             }
         };
+        let builder_key = match &controller {
+            ControllerSettings::Deis { builder_key, .. } => Some(builder_key.clone()),
+            ControllerSettings::Standalone { .. } => standalone_key,
+        };
         Ok(Settings {
             data_dir,
+            builder_key,
             ssh_addr,
             http_addr,
             host_keys,
@@ -202,6 +238,41 @@ fn controller_settings(
         builder_key,
         timeout: parse_duration("--controller-timeout", timeout)?,
     })
+}
+
+fn registry_settings(
+    host: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<RegistrySettings>, ConfigError> {
+    let host = host.or_else(|| {
+        let host = env("DEIS_REGISTRY_SERVICE_HOST")?;
+        let port = env("DEIS_REGISTRY_SERVICE_PORT").unwrap_or_else(|| "5000".into());
+        Some(format!("{host}:{port}"))
+    });
+    let Some(host) = host else {
+        return Ok(None);
+    };
+    let valid = !host.is_empty()
+        && !host.contains("://")
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !valid {
+        return Err(invalid("--registry", format!("{host:?} is not HOST:PORT")));
+    }
+    if username.is_some() != password.is_some() {
+        return Err(invalid(
+            "--registry-username",
+            "give both a registry user name and a password, or neither",
+        ));
+    }
+    Ok(Some(RegistrySettings {
+        host,
+        username,
+        password,
+    }))
 }
 
 fn storage_settings(

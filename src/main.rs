@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use deis_builder::cli::{Cli, Command};
+use deis_builder::cli::{Cli, Command, PullArgs};
 use deis_builder::config::{LogFormat, Settings};
 
 fn main() -> ExitCode {
@@ -9,6 +9,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Hook => {
             ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1))
+        }
+        Command::Pull(args) => {
+            let PullArgs { import, serve } = *args;
+            let settings = match Settings::from_args(serve) {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("deis-builder: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(LogFormat::Human);
+            run(deis_builder::server::pull(settings, import))
+                .map_or(ExitCode::FAILURE, |_| ExitCode::SUCCESS)
         }
         Command::Serve(args) => {
             let settings = match Settings::from_args(*args) {
@@ -19,22 +32,20 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(settings.log_format);
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("deis-builder: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(deis_builder::server::run(settings)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("deis-builder: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run(deis_builder::server::run(settings))
+                .map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs `job` on a fresh runtime; errors are reported here, at the edge, with their context.
+fn run<T>(job: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ()> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|error| {
+        eprintln!("deis-builder: cannot start the async runtime: {error}");
+    })?;
+    runtime.block_on(job).map_err(|error| {
+        eprintln!("deis-builder: {error:#}");
+    })
 }
 
 fn init_tracing(format: LogFormat) {

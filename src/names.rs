@@ -16,6 +16,8 @@ pub enum NameError {
     BadApp(String),
     #[error("invalid commit id {0:?}")]
     BadCommit(String),
+    #[error("invalid image reference {0:?}: expected [registry/]name[:tag][@digest] in lowercase")]
+    BadImage(String),
 }
 
 /// A validated app name: lowercase letters, digits and single hyphens, no leading or
@@ -88,6 +90,136 @@ impl fmt::Display for CommitId {
     }
 }
 
+/// A Docker image reference: `[registry[:port]/]path[:tag][@digest]`, validated with
+/// the distribution grammar (lowercase path components, bounded tag), never guessed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Registry and path, e.g. `127.0.0.1:5000/team/app`.
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl ImageRef {
+    pub fn parse(text: &str) -> Result<ImageRef, NameError> {
+        let bad = || NameError::BadImage(printable(text));
+        if text.is_empty()
+            || text.len() > 512
+            || text.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(bad());
+        }
+        let (rest, digest) = match text.split_once('@') {
+            Some((rest, digest)) => (rest, Some(digest)),
+            None => (text, None),
+        };
+        if let Some(digest) = digest {
+            let (algorithm, hex) = digest.split_once(':').ok_or_else(bad)?;
+            let hex_ok = hex.len() >= 32
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+            if algorithm.is_empty()
+                || !algorithm
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                || !hex_ok
+            {
+                return Err(bad());
+            }
+        }
+        // A tag follows the last `:` after the last `/` (a `:` before it is a registry port).
+        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+        let (repository, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+            None => (rest, None),
+        };
+        if let Some(tag) = tag {
+            let mut bytes = tag.bytes();
+            let first_ok =
+                matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric() || b == b'_');
+            if !first_ok
+                || tag.len() > 128
+                || !bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
+                return Err(bad());
+            }
+        }
+        let mut parts: Vec<&str> = repository.split('/').collect();
+        if parts.len() > 1 && looks_like_registry(parts[0]) {
+            let registry = parts.remove(0);
+            let registry_ok = registry
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+            if !registry_ok {
+                return Err(bad());
+            }
+        }
+        if parts.is_empty() || !parts.iter().all(|p| valid_path_component(p)) {
+            return Err(bad());
+        }
+        Ok(ImageRef {
+            repository: repository.to_owned(),
+            tag: tag.map(str::to_owned),
+            digest: digest.map(str::to_owned),
+        })
+    }
+
+    /// What to pull: the digest if given, else the tag (`latest` when none).
+    pub fn pull_tag(&self) -> String {
+        match (&self.digest, &self.tag) {
+            (Some(digest), _) => digest.clone(),
+            (None, Some(tag)) => tag.clone(),
+            (None, None) => "latest".to_owned(),
+        }
+    }
+
+    /// The registry host this image comes from, if the reference names one.
+    pub fn registry(&self) -> Option<&str> {
+        let (first, _) = self.repository.split_once('/')?;
+        looks_like_registry(first).then_some(first)
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.repository)?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Docker's rule: the first component is a registry when it has a `.` or `:` or is `localhost`.
+fn looks_like_registry(component: &str) -> bool {
+    component.contains('.') || component.contains(':') || component == "localhost"
+}
+
+fn valid_path_component(component: &str) -> bool {
+    // [a-z0-9]+ separated by one `.`, one or two `_`, or any number of `-`.
+    let bytes = component.as_bytes();
+    if bytes.is_empty()
+        || !bytes[0].is_ascii_alphanumeric()
+        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
+    {
+        return false;
+    }
+    if component.contains("..")
+        || component.contains("___")
+        || component.contains("._")
+        || component.contains("_.")
+    {
+        return false;
+    }
+    bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+}
+
 /// Shortens and escapes untrusted text before it goes into a message.
 pub fn printable(text: &str) -> String {
     let mut out: String = text
@@ -136,6 +268,35 @@ mod tests {
         assert!(CommitId::parse(&"0".repeat(40)).unwrap().is_zero());
         for bad in ["", "xyz", &"A".repeat(40), &"a".repeat(39), &"a".repeat(41)] {
             assert!(CommitId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_references() {
+        let r = ImageRef::parse("127.0.0.1:5000/team/app:v1.2").unwrap();
+        assert_eq!(
+            (r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000/team/app", Some("v1.2"))
+        );
+        assert_eq!(r.registry(), Some("127.0.0.1:5000"));
+        let r = ImageRef::parse("busybox").unwrap();
+        assert_eq!((r.pull_tag(), r.registry()), ("latest".to_owned(), None));
+        let digest = format!("app@sha256:{}", "a".repeat(64));
+        assert_eq!(ImageRef::parse(&digest).unwrap().to_string(), digest);
+        for bad in [
+            "",
+            "UPPER/app",
+            "app:",
+            "app:-x",
+            "a b",
+            "app::tag",
+            "-app",
+            "app/",
+            "/app",
+            "app@sha256:xyz",
+            "a..b",
+        ] {
+            assert!(ImageRef::parse(bad).is_err(), "{bad:?}");
         }
     }
 }

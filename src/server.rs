@@ -10,11 +10,14 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::build::Pipeline;
+use crate::build::{ImportRequest, Pipeline};
+use crate::cli::ImportArgs;
 use crate::config::{ControllerSettings, Settings, StorageSettings};
 use crate::controller::{Controller, DeisController, StandaloneController};
 use crate::engine::Engine;
 use crate::git::GitServer;
+use crate::names::{AppName, ImageRef};
+use crate::slug::ProcessTypes;
 use crate::ssh::SshServer;
 use crate::storage::{LocalStore, ObjectStore, S3Settings, S3Store};
 
@@ -29,18 +32,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .canonicalize()
         .with_context(|| format!("cannot resolve data dir {}", settings.data_dir.display()))?;
 
-    let controller = controller(&settings, &data_dir)?;
-    let store = store(&settings).await?;
-    let engine = Engine::connect(
-        instance_id(&data_dir),
-        settings.build.timeout + Duration::from_secs(600),
-    )
-    .await
-    .context("Docker engine")?;
-    engine
-        .require_image(&settings.build.stack_image)
-        .await
-        .context("stack image")?;
+    let (controller, store, engine) = services(&settings, &data_dir).await?;
     let swept = engine
         .sweep()
         .await
@@ -98,6 +90,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         engine,
         controller,
     };
+    let imports = crate::http::Imports {
+        pipeline: pipeline.clone(),
+        locks: git.locks().clone(),
+        builder_key: settings.builder_key.clone(),
+    };
     tracker.spawn(crate::git::hook::serve(
         hook_listener,
         git,
@@ -106,7 +103,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tracker.clone(),
     ));
     tracker.spawn(ssh.run(ssh_listener, shutdown.clone(), tracker.clone()));
-    let http = tokio::spawn(crate::http::serve(http_listener, health, shutdown.clone()));
+    let http = tokio::spawn(crate::http::serve(
+        http_listener,
+        health,
+        imports,
+        shutdown.clone(),
+    ));
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; running pushes get {SHUTDOWN_GRACE:?}");
@@ -122,6 +124,70 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = http.await;
     Ok(())
+}
+
+/// The controller, object store and engine both `serve` and `pull` use.
+async fn services(
+    settings: &Settings,
+    data_dir: &Path,
+) -> anyhow::Result<(Arc<dyn Controller>, Arc<dyn ObjectStore>, Engine)> {
+    let controller = controller(settings, data_dir)?;
+    let store = store(settings).await?;
+    let engine = Engine::connect(
+        instance_id(data_dir),
+        settings.build.timeout + Duration::from_secs(600),
+    )
+    .await
+    .context("Docker engine")?;
+    engine
+        .require_image(&settings.build.stack_image)
+        .await
+        .context("stack image")?;
+    Ok((controller, store, engine))
+}
+
+/// `deis-builder pull`: imports one image and prints the progress. Returns the release.
+pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let data_dir = settings.data_dir.canonicalize()?;
+    let request = ImportRequest {
+        app: AppName::parse(&args.app).context("--app")?,
+        image: ImageRef::parse(&args.image)?,
+        user: args.user,
+        process_types: match &args.procfile {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                crate::slug::parse_procfile(&text)?
+            }
+            None => ProcessTypes::default(),
+        },
+        source_credentials: match (args.source_username, args.source_password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            _ => anyhow::bail!("give both --source-username and --source-password, or neither"),
+        },
+    };
+    let (controller, store, engine) = services(&settings, &data_dir).await?;
+    let pipeline = Pipeline {
+        controller,
+        store,
+        engine,
+        settings: settings.build.clone(),
+    };
+    let (out, mut rx) = crate::push::Output::channel(64);
+    let printer = tokio::spawn(async move {
+        use std::io::Write;
+        while let Some(chunk) = rx.recv().await {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&chunk).and_then(|()| stdout.flush());
+        }
+    });
+    let result = pipeline.import(&request, &out).await;
+    drop(out);
+    let _ = printer.await;
+    Ok(result?.version)
 }
 
 fn controller(settings: &Settings, data_dir: &Path) -> anyhow::Result<Arc<dyn Controller>> {

@@ -84,6 +84,17 @@ fn append_file<W: Write>(
 /// Re-roots the source archive under `app/` and hands it to the build user, streaming
 /// file contents straight through.
 fn copy_source<W: Write>(source: impl Read, tar: &mut tar::Builder<W>) -> io::Result<()> {
+    copy_tree(source, tar, "app/", &|_, _| true)
+}
+
+/// Copies a git archive into `tar` under `prefix`, owned by the build user, keeping only
+/// the paths `keep(path, is_dir)` accepts. File contents stream straight through.
+pub(super) fn copy_tree<W: Write>(
+    source: impl Read,
+    tar: &mut tar::Builder<W>,
+    prefix: &str,
+    keep: &dyn Fn(&str, bool) -> bool,
+) -> io::Result<()> {
     let mut archive = tar::Archive::new(source);
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -94,12 +105,12 @@ fn copy_source<W: Write>(source: impl Read, tar: &mut tar::Builder<W>) -> io::Re
         }
         let path = entry.path()?.to_string_lossy().into_owned();
         let relative = path.trim_start_matches("./").trim_end_matches('/');
-        if relative.is_empty() {
+        if relative.is_empty() || !keep(relative, kind.is_dir()) {
             continue;
         }
         let mode = entry.header().mode()? & 0o777;
         let mut h = header(kind, mode, entry.size());
-        let target = format!("app/{relative}");
+        let target = format!("{prefix}{relative}");
         if kind.is_symlink() {
             let link = entry
                 .link_name()?

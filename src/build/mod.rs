@@ -2,7 +2,11 @@
 //! [`Push`], writes progress to an [`Output`] and returns a [`Verdict`].
 
 mod buildpack;
+mod dockerfile;
+mod import;
 mod input;
+
+pub use import::{ImportRequest, Imported};
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,6 +41,10 @@ pub enum BuildError {
     Git(#[from] GitError),
     #[error("invalid config var name {0:?}: use letters, digits and underscores")]
     ConfigName(String),
+    #[error("{0}")]
+    Plan(String),
+    #[error("base image {image} is not in the Docker engine and cannot be pulled here ({detail})")]
+    MissingBaseImage { image: String, detail: String },
     #[error("no buildpack matched this app")]
     NoBuildpack,
     #[error("the build exited with status {0}")]
@@ -142,9 +150,13 @@ impl Pipeline {
         let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
         published.put(&keys.source, &mut source_tar).await?;
 
-        let artifact = self
-            .buildpack_build(push, &config.values, out, published, &keys)
-            .await?;
+        let artifact = match self.plan(push, &config.values).await? {
+            Plan::Buildpack => {
+                self.buildpack_build(push, &config.values, out, published, &keys)
+                    .await?
+            }
+            Plan::Dockerfile => self.dockerfile_build(push, &config.values, out).await?,
+        };
 
         out.line("Build complete.").await;
         out.line("Launching App...").await;
@@ -163,6 +175,48 @@ impl Pipeline {
         out.line(format!("Done, {}:v{version} deployed", push.app))
             .await;
         Ok(version)
+    }
+}
+
+/// How a push is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Buildpack,
+    Dockerfile,
+}
+
+/// App config that picks the build type when an app has both a Dockerfile and a Procfile
+/// (Hephy's name): `procfile`/`buildpack` or `dockerfile`.
+pub const BUILDER_SETTING: &str = "HEPHY_BUILDER";
+
+impl Pipeline {
+    /// A Dockerfile at the root means a Docker build, unless app config says otherwise.
+    async fn plan(
+        &self,
+        push: &Push,
+        config: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Plan, BuildError> {
+        let has_dockerfile = push.source.has_file(&push.commit, "Dockerfile").await?;
+        match config
+            .get(BUILDER_SETTING)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") => Ok(if has_dockerfile {
+                Plan::Dockerfile
+            } else {
+                Plan::Buildpack
+            }),
+            Some("procfile" | "buildpack") => Ok(Plan::Buildpack),
+            Some("dockerfile") if has_dockerfile => Ok(Plan::Dockerfile),
+            Some("dockerfile") => Err(BuildError::Plan(format!(
+                "{BUILDER_SETTING}=dockerfile is set but the app has no Dockerfile at its root"
+            ))),
+            Some(other) => Err(BuildError::Plan(format!(
+                "{BUILDER_SETTING}={} is neither `procfile` nor `dockerfile`",
+                crate::names::printable(other)
+            ))),
+        }
     }
 }
 

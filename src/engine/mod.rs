@@ -5,6 +5,10 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
+mod images;
+
+pub use images::{ImageBuild, RegistryAuth};
+
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     DownloadFromContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -27,6 +31,12 @@ pub enum EngineError {
         "stack image {0} is not in the Docker engine (build it with the project's set-up script)"
     )]
     MissingImage(String),
+    #[error("the Docker build failed: {0}")]
+    BuildFailed(String),
+    #[error("the registry refused the image: {0}")]
+    Registry(String),
+    #[error("cannot pull the image: {0}")]
+    Pull(String),
     #[error("Docker engine error while {action}: {message}")]
     Api {
         action: &'static str,

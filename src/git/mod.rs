@@ -397,6 +397,23 @@ impl Source {
         ))
     }
 
+    /// Whether `commit` has a file (or directory) at `path`.
+    pub async fn has_file(&self, commit: &CommitId, path: &str) -> Result<bool, GitError> {
+        let status = self
+            .command()
+            .args(["cat-file", "-e", &format!("{commit}:{path}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map_err(|e| GitError::Git {
+                what: "cat-file",
+                message: e.to_string(),
+            })?;
+        Ok(status.success())
+    }
+
     /// Contents of `path` in `commit`, `None` when there is no such file.
     pub async fn read_file(
         &self,

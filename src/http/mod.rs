@@ -1,18 +1,28 @@
-//! Health endpoints: `/healthz` (SSH listening, storage and engine reachable) and
-//! `/readiness` (plus the controller), 200 or 503 with a JSON body saying what failed.
+//! HTTP endpoints: `/healthz` (SSH listening, storage and engine reachable) and
+//! `/readiness` (plus the controller), 200 or 503 with a JSON body saying what failed; and
+//! `POST /v2/hooks/import/`, the image import the controller calls with the builder key.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::build::{ImportRequest, Pipeline};
 use crate::controller::Controller;
 use crate::engine::Engine;
+use crate::git::lock::AppLocks;
+use crate::names::{AppName, ImageRef};
+use crate::push::Output;
+use crate::slug::ProcessTypes;
 use crate::storage::ObjectStore;
 
 #[derive(Clone)]
@@ -22,15 +32,32 @@ pub struct Health {
     pub controller: Arc<dyn Controller>,
 }
 
+/// What the import endpoint needs.
+#[derive(Clone)]
+pub struct Imports {
+    pub pipeline: Arc<Pipeline>,
+    pub locks: AppLocks,
+    /// `None` turns the endpoint off.
+    pub builder_key: Option<String>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    health: Health,
+    imports: Imports,
+}
+
 pub async fn serve(
     listener: TcpListener,
     health: Health,
+    imports: Imports,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readiness", get(readiness))
-        .with_state(health);
+        .route("/v2/hooks/import/", post(import))
+        .with_state(AppState { health, imports });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -38,12 +65,130 @@ pub async fn serve(
 
 type Reply = (StatusCode, Json<Value>);
 
-async fn healthz(State(health): State<Health>) -> Reply {
-    report(health.checks(false).await)
+async fn healthz(State(state): State<AppState>) -> Reply {
+    report(state.health.checks(false).await)
 }
 
-async fn readiness(State(health): State<Health>) -> Reply {
-    report(health.checks(true).await)
+async fn readiness(State(state): State<AppState>) -> Reply {
+    report(state.health.checks(true).await)
+}
+
+/// Body of `POST /v2/hooks/import/`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    app: String,
+    image: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    procfile: BTreeMap<String, String>,
+    /// Credentials for the registry the image comes from.
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+fn detail(status: StatusCode, message: impl Into<String>) -> Reply {
+    (status, Json(json!({ "detail": message.into() })))
+}
+
+/// Most output an import reply carries; the rest is cut (the log has it all).
+const MAX_IMPORT_OUTPUT: usize = 256 * 1024;
+
+async fn import(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Reply {
+    let imports = &state.imports;
+    let Some(expected) = &imports.builder_key else {
+        return detail(
+            StatusCode::FORBIDDEN,
+            "image import is off: start the builder with a builder key",
+        );
+    };
+    let given = headers
+        .get("x-deis-builder-auth")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !constant_time_eq(given, expected.as_bytes()) {
+        return detail(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: Missing or Invalid Token",
+        );
+    }
+    let request = match parse_import(&body) {
+        Ok(request) => request,
+        Err(message) => return detail(StatusCode::BAD_REQUEST, message),
+    };
+    let Some(_lock) = imports.locks.try_lock(&request.app) else {
+        return detail(
+            StatusCode::CONFLICT,
+            format!("another push to {} is in progress", request.app),
+        );
+    };
+    let (out, mut rx) = Output::channel(64);
+    let collector = tokio::spawn(async move {
+        let mut log = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            let room = MAX_IMPORT_OUTPUT.saturating_sub(log.len());
+            log.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        String::from_utf8_lossy(&log).into_owned()
+    });
+    let result = imports.pipeline.import(&request, &out).await;
+    drop(out);
+    let output = collector.await.unwrap_or_default();
+    match result {
+        Ok(imported) => (
+            StatusCode::OK,
+            Json(json!({
+                "release": { "version": imported.version },
+                "image": imported.image,
+                "output": output,
+            })),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, app = %request.app, "import failed");
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({ "detail": error.to_string(), "output": output })),
+            )
+        }
+    }
+}
+
+fn parse_import(body: &[u8]) -> Result<ImportRequest, String> {
+    let body: ImportBody =
+        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
+    let app = AppName::parse(&body.app).map_err(|e| e.to_string())?;
+    let image = ImageRef::parse(&body.image).map_err(|e| e.to_string())?;
+    for name in body.procfile.keys() {
+        crate::slug::validate_process_type(name).map_err(|e| format!("procfile: {e}"))?;
+    }
+    let source_credentials = match (body.username, body.password) {
+        (Some(username), Some(password)) => Some((username, password)),
+        (None, None) => None,
+        _ => {
+            return Err(
+                "give both username and password for the source registry, or neither".into(),
+            )
+        }
+    };
+    Ok(ImportRequest {
+        app,
+        image,
+        user: body.user.unwrap_or_else(|| "admin".to_owned()),
+        process_types: ProcessTypes(body.procfile),
+        source_credentials,
+    })
+}
+
+/// Compares secrets without leaking their common prefix length through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn report(checks: Vec<(&'static str, Result<(), String>)>) -> Reply {

@@ -19,6 +19,8 @@ pub struct SlugIgnore {
 struct Pattern {
     /// Matches the full path from the root rather than the last component.
     anchored: bool,
+    /// A `!pattern` exception (`.dockerignore` only): re-includes what earlier lines excluded.
+    negated: bool,
     dir_only: bool,
     segments: Vec<Segment>,
 }
@@ -73,6 +75,30 @@ impl SlugIgnore {
         SlugIgnore::default()
     }
 
+    /// Docker's `.dockerignore` rules, on the same matcher: every pattern is relative to
+    /// the context root (`*.log` matches only at the top, `**/*.log` anywhere), a matched
+    /// directory takes its contents with it, and `!pattern` lines re-include paths; the
+    /// last matching line wins.
+    pub fn parse_dockerignore(text: &str) -> SlugIgnore {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut ignore = SlugIgnore::default();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (negated, body) = match line.strip_prefix('!') {
+                Some(rest) => (true, rest.trim()),
+                None => (false, line),
+            };
+            if let Some(mut pattern) = Pattern::parse(body) {
+                pattern.anchored = true;
+                pattern.negated = negated;
+                ignore.patterns.push(pattern);
+            }
+        }
+        ignore
+    }
+
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
@@ -87,22 +113,23 @@ impl SlugIgnore {
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
             .collect();
-        (1..=components.len()).any(|len| {
-            // Every proper ancestor is a directory.
-            let candidate_is_dir = len < components.len() || is_dir;
-            self.matches_exactly(&components[..len], candidate_is_dir)
-        })
+        let mut ignored = false;
+        for pattern in &self.patterns {
+            let hit = (1..=components.len()).any(|len| {
+                // Every proper ancestor is a directory.
+                let candidate_is_dir = len < components.len() || is_dir;
+                pattern.matches(&components[..len], candidate_is_dir)
+            });
+            if hit {
+                ignored = !pattern.negated;
+            }
+        }
+        ignored
     }
 
     /// Problems found while parsing (e.g. unsupported negation), ready to show to users.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
-    }
-
-    fn matches_exactly(&self, components: &[&str], is_dir: bool) -> bool {
-        self.patterns
-            .iter()
-            .any(|pattern| pattern.matches(components, is_dir))
     }
 }
 
@@ -142,6 +169,7 @@ impl Pattern {
         }
         Some(Pattern {
             anchored,
+            negated: false,
             dir_only,
             segments,
         })
@@ -380,5 +408,24 @@ mod tests {
         assert!(SlugIgnore::parse("\\!important").is_ignored("!important", false));
         assert!(SlugIgnore::empty().warnings().is_empty());
         assert!(!SlugIgnore::empty().is_ignored("a", false));
+    }
+
+    #[test]
+    fn dockerignore_rules() {
+        let rules = SlugIgnore::parse_dockerignore(
+            "# comment\n*.log\n**/*.tmp\nnode_modules\nsecrets/\n!secrets/public.txt\n",
+        );
+        for (path, ignored) in [
+            ("debug.log", true),
+            ("sub/debug.log", false),
+            ("a/b/c.tmp", true),
+            ("node_modules/x/y.js", true),
+            ("src/node_modules/x.js", false),
+            ("secrets/key.pem", true),
+            ("secrets/public.txt", false),
+            ("Dockerfile", false),
+        ] {
+            assert_eq!(rules.is_ignored(path, false), ignored, "{path}");
+        }
     }
 }

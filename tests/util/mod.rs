@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod controller_double;
+pub mod registry;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -45,7 +46,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{:x}", std::process::id(), nanos)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -265,14 +266,26 @@ impl Drop for Builder {
 
 /// Minimal HTTP/1.1 GET against 127.0.0.1; returns status and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, "", "")
+}
+
+/// Minimal HTTP/1.1 request against 127.0.0.1. `headers` are complete `Name: value\r\n` lines.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_secs(300)))
         .ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut response = String::new();

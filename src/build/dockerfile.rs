@@ -1,0 +1,216 @@
+//! Dockerfile builds: the pushed tree (minus `.dockerignore`d paths) is the build context;
+//! the engine builds it, the image goes to the private registry (or stays in the local
+//! engine when none is configured), and the release names the image.
+
+use std::collections::{BTreeMap, HashMap};
+
+use futures_util::{Stream, StreamExt};
+
+use super::{blocking_writer, input, Artifact, BuildError, Pipeline};
+use crate::config::RegistrySettings;
+use crate::engine::{EngineError, ImageBuild, RegistryAuth};
+use crate::push::{Output, Push};
+use crate::slug::{self, ProcessTypes, SlugIgnore};
+
+/// Largest `.dockerignore`, Dockerfile or Procfile we read from the pushed tree.
+const MAX_SMALL_FILE: usize = 256 * 1024;
+/// App config that passes every config var to the build as `--build-arg`s.
+pub const BUILD_ARGS_SETTING: &str = "DEIS_DOCKER_BUILD_ARGS_ENABLED";
+
+impl Pipeline {
+    pub(super) async fn dockerfile_build(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        out: &Output,
+    ) -> Result<Artifact, BuildError> {
+        let ignore = match push
+            .source
+            .read_file(&push.commit, ".dockerignore", MAX_SMALL_FILE)
+            .await?
+        {
+            Some(text) => SlugIgnore::parse_dockerignore(&String::from_utf8_lossy(&text)),
+            None => SlugIgnore::empty(),
+        };
+        let dockerfile = push
+            .source
+            .read_file(&push.commit, "Dockerfile", MAX_SMALL_FILE)
+            .await?
+            .unwrap_or_default();
+        let missing_bases = self
+            .missing_base_images(&String::from_utf8_lossy(&dockerfile))
+            .await;
+
+        let repository = image_repository(self.settings.registry.as_ref(), push.app.as_str());
+        let tag = format!("git-{}", push.commit.short());
+        let reference = format!("{repository}:{tag}");
+        let build_args = if enabled(config.get(BUILD_ARGS_SETTING)) {
+            config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            HashMap::new()
+        };
+        // The Dockerfile and .dockerignore always go to the engine, as with `docker build`.
+        let context = blocking_writer(push.source.archive(&push.commit)?, move |source, w| {
+            let keep = |path: &str, is_dir: bool| {
+                matches!(path, "Dockerfile" | ".dockerignore") || !ignore.is_ignored(path, is_dir)
+            };
+            let mut tar = tar::Builder::new(w);
+            input::copy_tree(source, &mut tar, "", &keep)?;
+            tar.into_inner().map(drop)
+        });
+        let spec = ImageBuild {
+            tag: reference.clone(),
+            build_args,
+            network: self.settings.network.clone(),
+            app: push.app.to_string(),
+            push_id: push.id.clone(),
+        };
+        out.step(format!("Building Docker image {reference}")).await;
+        let built = relay(self.engine.build_image(context, &spec), out, false).await;
+        if let Err(error) = built {
+            return Err(match (&error, missing_bases.as_slice()) {
+                (EngineError::BuildFailed(_), [first, ..]) => BuildError::MissingBaseImage {
+                    image: first.clone(),
+                    detail: error.to_string(),
+                },
+                _ => error.into(),
+            });
+        }
+
+        if let Some(registry) = &self.settings.registry {
+            out.step(format!("Pushing {reference}")).await;
+            let auth = registry_auth(registry);
+            let pushed = relay(
+                self.engine.push_image(&repository, &tag, auth.as_ref()),
+                out,
+                true,
+            )
+            .await;
+            if let Err(error) = pushed {
+                // Nothing half-done stays behind: the tag was never published.
+                let _ = self.engine.remove_image(&reference).await;
+                return Err(error.into());
+            }
+        }
+
+        let process_types = match push
+            .source
+            .read_file(&push.commit, "Procfile", MAX_SMALL_FILE)
+            .await?
+        {
+            Some(text) => slug::parse_procfile(&String::from_utf8_lossy(&text))?,
+            None => ProcessTypes::default(),
+        };
+        if !process_types.is_empty() {
+            out.step("Discovering process types").await;
+            out.detail(format!(
+                "Procfile declares types -> {}",
+                process_types.names().join(", ")
+            ))
+            .await;
+        }
+        Ok(Artifact {
+            image: reference,
+            process_types,
+            dockerfile: true,
+        })
+    }
+
+    /// Base images the Dockerfile names that the engine does not have; used to explain a
+    /// failed build (without network the engine cannot pull them).
+    async fn missing_base_images(&self, dockerfile: &str) -> Vec<String> {
+        let mut stages = Vec::new();
+        let mut missing = Vec::new();
+        for line in dockerfile.lines().map(str::trim) {
+            let mut words = line.split_whitespace();
+            if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+                continue;
+            }
+            let Some(image) = words.find(|w| !w.starts_with("--")) else {
+                continue;
+            };
+            if let (Some(as_word), Some(stage)) = (words.next(), words.next()) {
+                if as_word.eq_ignore_ascii_case("AS") {
+                    stages.push(stage.to_ascii_lowercase());
+                }
+            }
+            let computed = image.contains('$')
+                || image == "scratch"
+                || stages.contains(&image.to_ascii_lowercase());
+            if !computed && self.engine.image_id(image).await.is_err() {
+                missing.push(image.to_owned());
+            }
+        }
+        missing
+    }
+}
+
+/// `<registry>/<app>` with a registry, plain `<app>` (kept in the local engine) without.
+pub(super) fn image_repository(registry: Option<&RegistrySettings>, app: &str) -> String {
+    match registry {
+        Some(registry) => format!("{}/{app}", registry.host),
+        None => app.to_owned(),
+    }
+}
+
+pub(super) fn registry_auth(registry: &RegistrySettings) -> Option<RegistryAuth> {
+    match (&registry.username, &registry.password) {
+        (Some(username), Some(password)) => Some(RegistryAuth {
+            server: registry.host.clone(),
+            username: username.clone(),
+            password: password.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Config flags count as set unless empty, `0` or `false`.
+fn enabled(value: Option<&String>) -> bool {
+    value.is_some_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        )
+    })
+}
+
+/// Copies engine progress to the developer; `indent` puts it under a `-----> ` header.
+pub(super) async fn relay(
+    stream: impl Stream<Item = Result<String, EngineError>>,
+    out: &Output,
+    indent: bool,
+) -> Result<(), EngineError> {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        let text = item?;
+        if indent {
+            out.detail(text.trim_end()).await;
+        } else {
+            out.bytes(bytes::Bytes::from(text)).await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_repositories() {
+        assert!(enabled(Some(&"1".to_owned())));
+        assert!(enabled(Some(&"true".to_owned())));
+        assert!(!enabled(Some(&"false".to_owned())));
+        assert!(!enabled(None));
+        let registry = RegistrySettings {
+            host: "127.0.0.1:5000".into(),
+            username: None,
+            password: None,
+        };
+        assert_eq!(
+            image_repository(Some(&registry), "web"),
+            "127.0.0.1:5000/web"
+        );
+        assert_eq!(image_repository(None, "web"), "web");
+    }
+}
