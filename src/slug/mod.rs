@@ -5,6 +5,7 @@
 //! 0:0, empty user/group names and a fixed mtime ([`SLUG_MTIME`]), so packing the same
 //! tree twice gives byte-identical output and the same SHA-256.
 
+mod gzip;
 mod ignore;
 mod pack;
 mod procfile;

@@ -7,9 +7,9 @@
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
 
-use flate2::write::GzEncoder;
-use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
+
+use super::gzip::ParallelGzip;
 use tar::{EntryType, Header};
 
 use super::ignore::SlugIgnore;
@@ -106,7 +106,7 @@ pub fn pack<R: Read, W: Write>(
         error,
     })?;
 
-    let mut out = SlugWriter::new(output);
+    let mut out = SlugWriter::new(output)?;
     let mut state = PackState::default();
     let mut last_path = String::new();
 
@@ -481,26 +481,23 @@ fn truncated(rel_text: &str) -> SlugError {
 
 /// Tar-over-gzip-over-sha256 output.
 struct SlugWriter<W: Write> {
-    gz: GzEncoder<HashingWriter<W>>,
+    gz: ParallelGzip<HashingWriter<W>>,
     buffer: Vec<u8>,
 }
 
 impl<W: Write> SlugWriter<W> {
-    fn new(output: W) -> Self {
+    fn new(output: W) -> Result<Self, SlugError> {
         let hashing = HashingWriter {
             inner: output,
             hasher: Sha256::new(),
             written: 0,
         };
         // No file name and mtime 0 in the gzip header: same input, same bytes.
-        let gz = GzBuilder::new()
-            .mtime(0)
-            .operating_system(GZIP_OS_UNIX)
-            .write(hashing, Compression::new(GZIP_LEVEL));
-        SlugWriter {
+        let gz = ParallelGzip::new(hashing, GZIP_LEVEL, GZIP_OS_UNIX).map_err(SlugError::Io)?;
+        Ok(SlugWriter {
             gz,
             buffer: Vec::new(),
-        }
+        })
     }
 
     /// Writes a GNU-format header (plus long-name entries when needed) with the slug's
