@@ -10,6 +10,7 @@
 #
 # Settings (all optional):
 #   DEIS_STACK_IMAGE        stack image name (default deis-builder/stack:bookworm)
+#   DEIS_RUNNER_IMAGE       slug runner image name (default deis-builder/slugrunner:latest)
 #   DEIS_DEBIAN_MIRROR      mirror for debootstrap (default: the one apt uses)
 #   DEIS_STATE_DIR          pids, ports, logs (default ~/.cache/deis-builder/services)
 #   DEIS_DOCKER_STORAGE_DRIVER  force a storage driver for a dockerd we start
@@ -164,7 +165,7 @@ PY
 }
 
 ensure_packages() {
-    local wanted=(docker.io debootstrap docker-registry apache2-utils busybox-static git openssh-client
+    local wanted=(docker.io debootstrap docker-registry apache2-utils busybox-static curl git openssh-client
         openssh-server ca-certificates debian-archive-keyring)
     command -v python3 >/dev/null || wanted+=(python3)
     # A kernel with AppArmor on makes dockerd load a profile with apparmor_parser.
@@ -430,6 +431,95 @@ ensure_stack_image() {
     release_lock
     ((status == 0)) || die "stack image build failed"
     log "stack image: built $DEIS_STACK_IMAGE in $((SECONDS - started))s"
+}
+
+# ---------------------------------------------------------------------- runner image
+
+# The slug runner image: the stack image plus the slugrunner binary (slugrunner/Dockerfile).
+DEIS_RUNNER_IMAGE=${DEIS_RUNNER_IMAGE:-deis-builder/slugrunner:latest}
+
+# Builds slugrunner statically linked (glibc with crt-static) so it runs in any stack
+# image; prints the binary's path. Uses its own --target so the flags never touch the
+# host build of the builder.
+build_runner_binary() {
+    local repo_root target_dir triple
+    repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    target_dir=${CARGO_TARGET_DIR:-$HOME/.cache/deis-builder/target}
+    triple=$(rustc -vV | awk '$1 == "host:" { print $2 }')
+    [[ -n $triple ]] || die "cannot tell rustc's host target"
+    log "runner image: cargo build --release -p slugrunner --target $triple (static)"
+    (
+        cd "$repo_root"
+        RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+            CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+            cargo build --release -p slugrunner --target "$triple" \
+            --target-dir "$target_dir" </dev/null >&2
+    ) || die "building slugrunner failed"
+    local binary=$target_dir/$triple/release/slugrunner
+    # A static(-pie) binary lists no shared libraries ("=>" lines).
+    if ldd "$binary" 2>/dev/null | grep -q '=>'; then
+        die "slugrunner is dynamically linked: $(ldd "$binary" | tr '\n' ' ')"
+    fi
+    echo "$binary"
+}
+
+# Builds $DEIS_RUNNER_IMAGE FROM $DEIS_STACK_IMAGE with the legacy builder (which never
+# pulls an image that is present locally). Idempotent: labels record the binary's sha256
+# and the stack image id, and the image is rebuilt only when either changed.
+ensure_runner_image() {
+    local repo_root binary started=$SECONDS
+    repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    binary=$(build_runner_binary) || die "building the slugrunner binary failed"
+    local binary_sha stack_id wanted current
+    binary_sha=$(sha256sum "$binary" | cut -d' ' -f1)
+    stack_id=$(docker image inspect --format '{{.Id}}' "$DEIS_STACK_IMAGE") ||
+        die "stack image $DEIS_STACK_IMAGE missing (run ensure_stack_image first)"
+    wanted="$binary_sha $stack_id"
+    acquire_lock runner-image
+    current=$(docker image inspect --format \
+        '{{index .Config.Labels "io.deis.builder.slugrunner.sha256"}} {{index .Config.Labels "io.deis.builder.stack.id"}}' \
+        "$DEIS_RUNNER_IMAGE" 2>/dev/null || true)
+    if [[ $current == "$wanted" ]]; then
+        release_lock
+        log "runner image: $DEIS_RUNNER_IMAGE up to date ($((SECONDS - started))s)"
+        export DEIS_RUNNER_IMAGE
+        return 0
+    fi
+    local context previous_id
+    previous_id=$(docker image inspect --format '{{.Id}}' "$DEIS_RUNNER_IMAGE" 2>/dev/null || true)
+    context=$(mktemp -d "${TMPDIR:-/tmp}/deis-runner.XXXXXX")
+    cp "$repo_root/slugrunner/Dockerfile" "$binary" "$context/"
+    local status=0 build_started=$SECONDS output
+    # The legacy builder's deprecation notice is noise; its output is shown on failure.
+    output=$(DOCKER_BUILDKIT=0 docker build --quiet --pull=false \
+        --build-arg "STACK_IMAGE=$DEIS_STACK_IMAGE" \
+        --label "io.deis.builder.slugrunner.sha256=$binary_sha" \
+        --label "io.deis.builder.stack.id=$stack_id" \
+        --tag "$DEIS_RUNNER_IMAGE" "$context" 2>&1) || status=$?
+    rm -rf "$context"
+    release_lock
+    if ((status != 0)); then
+        printf '%s\n' "$output" >&2
+        die "docker build of $DEIS_RUNNER_IMAGE failed ($status)"
+    fi
+    # The replaced image would linger untagged; one still used by a container stays.
+    if [[ -n $previous_id ]]; then
+        docker image rm "$previous_id" >/dev/null 2>&1 || true
+    fi
+    log "runner image: built $DEIS_RUNNER_IMAGE in $((SECONDS - build_started))s" \
+        "(binary $(stat -c %s "$binary") bytes; $((SECONDS - started))s with cargo)"
+    export DEIS_RUNNER_IMAGE
+}
+
+# cargo-fuzz for the unpacker's libFuzzer target (fuzz/). It needs nightly flags, which
+# RUSTC_BOOTSTRAP=1 unlocks on the stable toolchain.
+ensure_cargo_fuzz() {
+    if cargo fuzz --version >/dev/null 2>&1; then
+        log "cargo-fuzz: $(cargo fuzz --version)"
+        return 0
+    fi
+    log "cargo install cargo-fuzz"
+    cargo install --locked cargo-fuzz </dev/null >&2 || die "cargo install cargo-fuzz failed"
 }
 
 # -------------------------------------------------------------------------- services

@@ -23,10 +23,12 @@ ensure_docker
 ensure_stack_image
 ensure_s3
 ensure_registry
+ensure_runner_image
 
 export DEIS_IT=1
 export DEIS_IT_STACK_IMAGE=$DEIS_STACK_IMAGE
 export DEIS_IT_S3_ENDPOINT DEIS_IT_REGISTRY
+export DEIS_IT_RUNNER_IMAGE=$DEIS_RUNNER_IMAGE
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
 export AWS_REGION=${AWS_REGION:-us-east-1}
@@ -37,6 +39,7 @@ DOCKER_HOST=${DOCKER_HOST:-unix://$DEIS_DEFAULT_DOCKER_SOCKET}
 DEIS_IT_STACK_IMAGE=$DEIS_IT_STACK_IMAGE
 DEIS_IT_S3_ENDPOINT=$DEIS_IT_S3_ENDPOINT
 DEIS_IT_REGISTRY=$DEIS_IT_REGISTRY
+DEIS_IT_RUNNER_IMAGE=$DEIS_IT_RUNNER_IMAGE
 CARGO_TARGET_DIR=$CARGO_TARGET_DIR
 EOF
 
@@ -58,10 +61,31 @@ section "cargo fmt --check"
 cargo fmt --all -- --check
 
 section "cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 section "cargo test"
-cargo test --all-targets "${cargo_args[@]}" -- \
+cargo test --workspace --all-targets "${cargo_args[@]}" -- \
     --test-threads="${DEIS_TEST_THREADS:-2}" "${test_binary_args[@]}"
+
+# The unpacker reads slugs from storage: fuzz it with libFuzzer for a short while (the
+# stable mutation fuzzer in tests/slugrunner.rs ran above). Only on full runs (no test
+# filter); DEIS_FUZZ_SECONDS=0 skips it.
+fuzz_seconds=${DEIS_FUZZ_SECONDS:-20}
+if ((fuzz_seconds > 0 && ${#cargo_args[@]} == 0)); then
+    section "cargo fuzz run unpack (${fuzz_seconds}s)"
+    ensure_cargo_fuzz
+    fuzz_scratch=$(mktemp -d "${TMPDIR:-/tmp}/deis-fuzz.XXXXXX")
+    mkdir -p "$fuzz_scratch/corpus" "$fuzz_scratch/artifacts"
+    fuzz_status=0
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir "$repo_root/fuzz" \
+        --target-dir "$CARGO_TARGET_DIR/fuzz" unpack "$fuzz_scratch/corpus" -- \
+        -max_total_time="$fuzz_seconds" -artifact_prefix="$fuzz_scratch/artifacts/" \
+        -print_final_stats=1 || fuzz_status=$?
+    if ((fuzz_status != 0)); then
+        echo "fuzzing found a problem; inputs kept in $fuzz_scratch/artifacts" >&2
+        exit "$fuzz_status"
+    fi
+    rm -rf "$fuzz_scratch"
+fi
 
 section "all checks passed"

@@ -24,6 +24,18 @@ pub enum Command {
     Hook,
     /// Import an existing image: pull it, push it to the private registry, release it.
     Pull(Box<PullArgs>),
+    /// Delete an app's build cache, from the storage `serve` uses (same flags and environment).
+    PurgeCache(Box<PurgeCacheArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct PurgeCacheArgs {
+    /// The app whose build cache is deleted.
+    pub app: String,
+
+    /// The builder's own settings (storage, data dir), as for `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +121,22 @@ pub struct ServeArgs {
     /// Longest a buildpack build may run, e.g. `15m`.
     #[arg(long, env = "DEIS_BUILDER_BUILD_TIMEOUT", default_value = "15m")]
     pub build_timeout: String,
+
+    /// Compiled slug size above which the push gets a warning, e.g. `300m`.
+    #[arg(long, env = "DEIS_BUILDER_SLUG_WARN_SIZE", default_value = "300m")]
+    pub slug_warn_size: String,
+
+    /// Largest compiled slug accepted; a bigger one rejects the push, e.g. `500m`.
+    #[arg(long, env = "DEIS_BUILDER_SLUG_MAX_SIZE", default_value = "500m")]
+    pub slug_max_size: String,
+
+    /// Longest fetching one BUILDPACK_URL or .buildpacks entry may take, e.g. `2m`.
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_BUILDPACK_FETCH_TIMEOUT",
+        default_value = "2m"
+    )]
+    pub buildpack_fetch_timeout: String,
 
     /// Private registry (HOST:PORT) that Dockerfile builds and imports are pushed to; without
     /// one, images stay in the local engine [default: from $DEIS_REGISTRY_SERVICE_HOST and

@@ -59,6 +59,12 @@ pub struct BuildSettings {
     pub memory_bytes: i64,
     pub pids_limit: i64,
     pub timeout: Duration,
+    /// Compressed slug size that gets a warning.
+    pub slug_warn_bytes: u64,
+    /// Compressed slug size above which the push is refused.
+    pub slug_max_bytes: u64,
+    /// Per-buildpack limit for fetching BUILDPACK_URL / `.buildpacks` entries.
+    pub fetch_timeout: Duration,
 }
 
 /// The private registry. `Debug` never shows the password.
@@ -162,6 +168,12 @@ impl Settings {
                 _ => return Err(invalid("--build-pids", "must be at least 16")),
             },
             timeout: parse_duration("--build-timeout", &args.build_timeout)?,
+            slug_warn_bytes: parse_slug_size("--slug-warn-size", &args.slug_warn_size)?,
+            slug_max_bytes: parse_slug_size("--slug-max-size", &args.slug_max_size)?,
+            fetch_timeout: parse_duration(
+                "--buildpack-fetch-timeout",
+                &args.buildpack_fetch_timeout,
+            )?,
         };
         let log_format = match args.log_format.as_str() {
             "human" => LogFormat::Human,
@@ -386,6 +398,24 @@ fn parse_bytes(setting: &'static str, value: &str) -> Result<i64, ConfigError> {
     }
 }
 
+/// Slug limits: `300m`, `1g`, `512k` (any size above zero).
+fn parse_slug_size(setting: &'static str, value: &str) -> Result<u64, ConfigError> {
+    let (digits, unit) = split_number(value);
+    let bad = || invalid(setting, format!("{value:?} is not a size like 300m or 1g"));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(factor) {
+        Some(bytes) if bytes > 0 => Ok(bytes),
+        _ => Err(bad()),
+    }
+}
+
 fn split_number(value: &str) -> (&str, &str) {
     let value = value.trim();
     let end = value
@@ -427,6 +457,8 @@ mod tests {
         assert!(matches!(s.storage, StorageSettings::Local(ref p) if p == Path::new("/d/storage")));
         assert_eq!(s.build.timeout, Duration::from_secs(900));
         assert_eq!(s.build.memory_bytes, 2 << 30);
+        assert_eq!(s.build.slug_warn_bytes, 300 << 20);
+        assert_eq!(s.build.slug_max_bytes, 500 << 20);
     }
 
     #[test]
@@ -462,6 +494,11 @@ mod tests {
             (&["--build-timeout", "soon"][..], "--build-timeout"),
             (&["--build-memory", "1k"][..], "--build-memory"),
             (&["--log-format", "xml"][..], "--log-format"),
+            (&["--slug-max-size", "lots"][..], "--slug-max-size"),
+            (
+                &["--buildpack-fetch-timeout", "0"][..],
+                "--buildpack-fetch-timeout",
+            ),
         ] {
             let err = settings(args, &[]).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");

@@ -1,50 +1,64 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use deis_builder::cli::{Cli, Command, PullArgs};
+use deis_builder::cli::{Cli, Command, PullArgs, PurgeCacheArgs};
 use deis_builder::config::{LogFormat, Settings};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let outcome = match cli.command {
         Command::Hook => {
-            ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1))
+            return ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1))
         }
         Command::Pull(args) => {
             let PullArgs { import, serve } = *args;
-            let settings = match Settings::from_args(serve) {
-                Ok(settings) => settings,
-                Err(error) => {
-                    eprintln!("deis-builder: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_tracing(LogFormat::Human);
-            run(deis_builder::server::pull(settings, import))
-                .map_or(ExitCode::FAILURE, |_| ExitCode::SUCCESS)
+            settings(serve, false)
+                .and_then(|settings| run(deis_builder::server::pull(settings, import)).map(drop))
+        }
+        Command::PurgeCache(args) => {
+            let PurgeCacheArgs { app, serve } = *args;
+            settings(serve, false).and_then(|settings| run(purge_cache(settings, app)))
         }
         Command::Serve(args) => {
-            let settings = match Settings::from_args(*args) {
-                Ok(settings) => settings,
-                Err(error) => {
-                    eprintln!("deis-builder: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_tracing(settings.log_format);
-            run(deis_builder::server::run(settings))
-                .map_or(ExitCode::FAILURE, |()| ExitCode::SUCCESS)
+            settings(*args, true).and_then(|settings| run(deis_builder::server::run(settings)))
         }
-    }
+    };
+    outcome.err().unwrap_or(ExitCode::SUCCESS)
+}
+
+/// Validated settings with logging set up, or the exit code for a bad setting (2).
+/// `server_logs` picks the configured log format; one-shot commands log for humans.
+fn settings(args: deis_builder::cli::ServeArgs, server_logs: bool) -> Result<Settings, ExitCode> {
+    let settings = Settings::from_args(args).map_err(|error| {
+        eprintln!("deis-builder: {error}");
+        ExitCode::from(2)
+    })?;
+    init_tracing(if server_logs {
+        settings.log_format
+    } else {
+        LogFormat::Human
+    });
+    Ok(settings)
+}
+
+/// `deis-builder purge-cache APP`: deletes the app's build cache objects.
+async fn purge_cache(settings: Settings, app: String) -> anyhow::Result<()> {
+    let app = deis_builder::names::AppName::parse(&app)?;
+    let store = deis_builder::server::store(&settings).await?;
+    deis_builder::build::cache::purge(store.as_ref(), &app).await?;
+    println!("Build cache of {app} purged ({}).", store.describe());
+    Ok(())
 }
 
 /// Runs `job` on a fresh runtime; errors are reported here, at the edge, with their context.
-fn run<T>(job: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ()> {
+fn run<T>(job: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ExitCode> {
     let runtime = tokio::runtime::Runtime::new().map_err(|error| {
         eprintln!("deis-builder: cannot start the async runtime: {error}");
+        ExitCode::FAILURE
     })?;
     runtime.block_on(job).map_err(|error| {
         eprintln!("deis-builder: {error:#}");
+        ExitCode::FAILURE
     })
 }
 

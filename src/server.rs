@@ -206,7 +206,8 @@ fn controller(settings: &Settings, data_dir: &Path) -> anyhow::Result<Arc<dyn Co
     })
 }
 
-async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
+/// The object store the settings name (also used by `purge-cache`).
+pub async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
     Ok(match &settings.storage {
         StorageSettings::Local(dir) => Arc::new(
             LocalStore::open(dir.clone())

@@ -1,12 +1,21 @@
-//! Buildpack builds: the app runs through the built-in (classic Heroku API) buildpacks in
-//! an ephemeral container; `/app` comes out as a slug.
+//! Buildpack builds: the app runs through buildpacks (the built-in ones, or those named by
+//! `BUILDPACK_URL` / `.buildpacks`, fetched on the host) in an ephemeral container, with the
+//! app's build cache restored into CACHE_DIR; `/app` comes out as a slug.
 
 use std::collections::BTreeMap;
 use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use super::cache::{self, Restore, RestoredCache, Saved};
+use super::fetch::{self, BuildpackUrl, FetchedBuildpack, Fetcher, UrlKind, Workspace};
+use super::redact::Redactor;
 use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published, STACK};
 use crate::engine::{BuildContainer, BuildContainerSpec};
 use crate::pipe::ByteStream;
@@ -15,6 +24,24 @@ use crate::slug::{self, PackOptions, ProcessTypes, SlugIgnore};
 
 /// Largest `.slugignore` we read.
 const MAX_SLUGIGNORE: usize = 64 * 1024;
+/// Largest `.buildpacks` we read.
+const MAX_BUILDPACKS_FILE: usize = 64 * 1024;
+
+/// App config: use exactly this buildpack (`url#ref`).
+pub const BUILDPACK_URL: &str = "BUILDPACK_URL";
+/// App config: present means "delete the cache and build without one".
+pub const DISABLE_CACHE: &str = "DEIS_DISABLE_CACHE";
+/// App config: private key (base64 or plain) for private buildpacks and dependencies.
+pub const SSH_KEY: &str = "SSH_KEY";
+
+/// What the input archive gets besides source and config, owned so it can move into the
+/// blocking writer.
+#[derive(Debug, Default)]
+struct BuildInputs {
+    cache: Option<PathBuf>,
+    buildpacks: Option<Vec<FetchedBuildpack>>,
+    ssh_key: Option<String>,
+}
 
 impl Pipeline {
     /// Compiles the app in a build container and stores its slug and Procfile.
@@ -38,13 +65,51 @@ impl Pipeline {
             out.detail(format!(".slugignore: {warning}")).await;
         }
 
+        // Removed (with everything fetched or downloaded into it) when the build ends.
+        let workspace = Workspace::create(&push.id)?;
+        let ssh_key = config
+            .get(SSH_KEY)
+            .map(|value| input::decode_ssh_key(value));
+        let redactor = match (config.get(SSH_KEY), &ssh_key) {
+            (Some(value), Some(decoded)) => Redactor::for_ssh_key(value, decoded),
+            _ => Redactor::default(),
+        };
+        let buildpacks = self
+            .fetch_buildpacks(push, config, ssh_key.clone(), &workspace, out)
+            .await?;
+        let cache_enabled = !config.contains_key(DISABLE_CACHE);
+        let restored = if cache_enabled {
+            self.restore_cache(push, &workspace, out).await
+        } else {
+            if let Err(error) = cache::purge(self.store.as_ref(), &push.app).await {
+                tracing::warn!(%error, "cannot delete the build cache");
+            }
+            out.step(format!(
+                "Cache disabled by {DISABLE_CACHE}: building without one"
+            ))
+            .await;
+            None
+        };
+
         let container = self
             .engine
-            .create_build_container(&self.container_spec(push))
+            .create_build_container(&self.container_spec(push, buildpacks.as_deref()))
             .await?;
-        let built = self.compile(&container, push, config, out).await;
+        let inputs = BuildInputs {
+            cache: restored.as_ref().map(|r| r.path.clone()),
+            buildpacks,
+            ssh_key,
+        };
+        let built = self
+            .compile(&container, push, config, inputs, out, redactor)
+            .await;
         let packed = match built {
             Ok(()) => {
+                if cache_enabled {
+                    let previous = restored.as_ref().map(|r| r.sha256.as_str());
+                    self.save_cache(push, &container, previous, &workspace, out)
+                        .await;
+                }
                 self.pack_and_store(&container, ignore, keys, published)
                     .await
             }
@@ -64,6 +129,15 @@ impl Pipeline {
             human_size(packed.compressed_bytes)
         ))
         .await;
+        if packed.compressed_bytes > self.settings.slug_warn_bytes {
+            out.error(format!(
+                "Warning: the slug is {}, over the recommended {}; large slugs slow down \
+                 deploys and scaling (use .slugignore to leave files out)",
+                human_size(packed.compressed_bytes),
+                human_size(self.settings.slug_warn_bytes)
+            ))
+            .await;
+        }
         let procfile = types.to_procfile();
         published
             .put(&keys.procfile, &mut procfile.as_bytes())
@@ -75,18 +149,129 @@ impl Pipeline {
         })
     }
 
-    fn container_spec(&self, push: &Push) -> BuildContainerSpec {
+    /// `BUILDPACK_URL` wins over `.buildpacks`; neither means the built-in buildpacks.
+    async fn fetch_buildpacks(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        ssh_key: Option<String>,
+        workspace: &Workspace,
+        out: &Output,
+    ) -> Result<Option<Vec<FetchedBuildpack>>, BuildError> {
+        let fetcher = Fetcher {
+            timeout: self.settings.fetch_timeout,
+            ssh_key,
+        };
+        if let Some(text) = config.get(BUILDPACK_URL).filter(|v| !v.trim().is_empty()) {
+            let url = BuildpackUrl::parse(text)?;
+            out.step("Fetching custom buildpack").await;
+            let fetched = fetcher.fetch(&url, 0, workspace).await?;
+            out.detail(describe_fetched(&url, &fetched)).await;
+            return Ok(Some(vec![fetched]));
+        }
+        let Some(text) = push
+            .source
+            .read_file(&push.commit, ".buildpacks", MAX_BUILDPACKS_FILE)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let urls = fetch::parse_buildpacks_file(&String::from_utf8_lossy(&text))?;
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let mut fetched = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            out.line(format!("=====> Downloading Buildpack: {url}"))
+                .await;
+            let buildpack = fetcher.fetch(url, index, workspace).await?;
+            out.detail(describe_fetched(url, &buildpack)).await;
+            fetched.push(buildpack);
+        }
+        Ok(Some(fetched))
+    }
+
+    /// The app's cache, verified, or nothing (first build, or an unreadable cache).
+    async fn restore_cache(
+        &self,
+        push: &Push,
+        workspace: &Workspace,
+        out: &Output,
+    ) -> Option<RestoredCache> {
+        match cache::restore(self.store.as_ref(), &push.app, workspace.path()).await {
+            Restore::Empty => None,
+            Restore::Restored(restored) => {
+                out.step(format!(
+                    "Restoring cache ({})",
+                    human_size(restored.compressed_bytes)
+                ))
+                .await;
+                Some(restored)
+            }
+            Restore::Discarded(reason) => {
+                out.error(format!(
+                    "Warning: the build cache was unreadable ({reason}); it was discarded \
+                     and this build runs without it"
+                ))
+                .await;
+                None
+            }
+        }
+    }
+
+    /// Stores CACHE_DIR when it changed. A failure only costs the next build time.
+    async fn save_cache(
+        &self,
+        push: &Push,
+        container: &BuildContainer,
+        previous: Option<&str>,
+        workspace: &Workspace,
+        out: &Output,
+    ) {
+        let saved = cache::save(
+            self.store.as_ref(),
+            &push.app,
+            container,
+            previous,
+            workspace.path(),
+        )
+        .await;
+        match saved {
+            Ok(Saved::Empty) => {}
+            Ok(Saved::Unchanged) => out.step("Cache unchanged").await,
+            Ok(Saved::Stored { compressed_bytes }) => {
+                out.step(format!("Cache saved ({})", human_size(compressed_bytes)))
+                    .await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot save the build cache");
+                out.error(format!("Warning: cannot save the build cache: {error}"))
+                    .await;
+            }
+        }
+    }
+
+    fn container_spec(
+        &self,
+        push: &Push,
+        buildpacks: Option<&[FetchedBuildpack]>,
+    ) -> BuildContainerSpec {
+        let mut env = vec![
+            "HOME=/app".into(),
+            "APP_DIR=/app".into(),
+            format!("STACK={STACK}"),
+            format!("SOURCE_VERSION={}", push.commit),
+            format!("REQUEST_ID={}", push.id),
+            format!("DEIS_APP={}", push.app),
+        ];
+        if buildpacks.is_some() {
+            // The driver runs every buildpack in /build/buildpacks in order, no detection.
+            env.push("BUILDPACK_SELECTION=listed".into());
+        }
         BuildContainerSpec {
             image: self.settings.stack_image.clone(),
             cmd: vec!["/bin/bash".into(), input::DRIVER.into()],
-            env: vec![
-                "HOME=/app".into(),
-                "APP_DIR=/app".into(),
-                format!("STACK={STACK}"),
-                format!("SOURCE_VERSION={}", push.commit),
-                format!("REQUEST_ID={}", push.id),
-                format!("DEIS_APP={}", push.app),
-            ],
+            env,
             user: format!("{uid}:{uid}", uid = input::BUILD_UID),
             network: self.settings.network.clone(),
             memory_bytes: self.settings.memory_bytes,
@@ -96,19 +281,27 @@ impl Pipeline {
         }
     }
 
-    /// Copies the input in, runs the driver with its output streamed live, waits for it.
+    /// Copies the input in, runs the driver with its output streamed live (secrets
+    /// redacted), waits for it.
     async fn compile(
         &self,
         container: &BuildContainer,
         push: &Push,
         config: &BTreeMap<String, String>,
+        inputs: BuildInputs,
         out: &Output,
+        mut redactor: Redactor,
     ) -> Result<(), BuildError> {
         let source = push.source.archive(&push.commit)?;
         let config = config.clone();
         container
             .upload(blocking_writer(source, move |source, w| {
-                input::write(source, &config, w)
+                let extras = input::Extras {
+                    cache: inputs.cache.as_deref(),
+                    buildpacks: inputs.buildpacks.as_deref(),
+                    ssh_key: inputs.ssh_key.as_deref(),
+                };
+                input::write(source, &config, &extras, w)
             }))
             .await?;
         container.start().await?;
@@ -116,9 +309,18 @@ impl Pipeline {
             let mut output = std::pin::pin!(container.output());
             while let Some(chunk) = output.next().await {
                 match chunk {
-                    Ok(data) => out.bytes(data).await,
+                    Ok(data) => {
+                        let shown = redactor.push(&data);
+                        if !shown.is_empty() {
+                            out.bytes(Bytes::from(shown)).await;
+                        }
+                    }
                     Err(error) => tracing::warn!(%error, "build output interrupted"),
                 }
+            }
+            let rest = redactor.finish();
+            if !rest.is_empty() {
+                out.bytes(Bytes::from(rest)).await;
             }
         };
         let timeout = self.settings.timeout;
@@ -133,6 +335,8 @@ impl Pipeline {
     }
 
     /// Streams `/app` out of the container, through the slug packer, into object storage.
+    /// A slug over the size limit is not stored: the upload is aborted once it passes the
+    /// limit, and the rest is only counted so the developer learns the real size.
     async fn pack_and_store(
         &self,
         container: &BuildContainer,
@@ -159,14 +363,72 @@ impl Pipeline {
                 }
             }
         });
-        let mut body = StreamReader::new(slug_stream);
+        let mut body = SizeLimit {
+            inner: StreamReader::new(slug_stream),
+            read: 0,
+            limit: self.settings.slug_max_bytes,
+        };
         let stored = published.put(&keys.slug, &mut body).await;
+        if body.exceeded() {
+            // Keep the packer going to its end so the message can give the full size.
+            let _ = tokio::io::copy(&mut body.inner, &mut tokio::io::sink()).await;
+        }
         let packed = packer
             .await
             .map_err(|e| io::Error::other(format!("slug packer crashed: {e}")))??;
+        if body.exceeded() || packed.compressed_bytes > self.settings.slug_max_bytes {
+            return Err(BuildError::SlugTooLarge {
+                size: human_size(packed.compressed_bytes),
+                limit: human_size(self.settings.slug_max_bytes),
+            });
+        }
         stored?;
         tracing::info!(sha256 = %packed.sha256, bytes = packed.compressed_bytes, "slug stored");
         Ok(packed)
+    }
+}
+
+fn describe_fetched(url: &BuildpackUrl, fetched: &FetchedBuildpack) -> String {
+    match url.kind {
+        UrlKind::Git => {
+            let short: String = fetched.version.chars().take(8).collect();
+            format!("{url} at {short}")
+        }
+        UrlKind::Tarball => url.to_string(),
+    }
+}
+
+/// Fails the read once more than `limit` bytes went through, so storage aborts the upload.
+struct SizeLimit<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R> SizeLimit<R> {
+    fn exceeded(&self) -> bool {
+        self.read > self.limit
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SizeLimit<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.exceeded() {
+            return Poll::Ready(Err(io::Error::other("the slug is over the size limit")));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.read += (buf.filled().len() - before) as u64;
+            if self.exceeded() {
+                return Poll::Ready(Err(io::Error::other("the slug is over the size limit")));
+            }
+        }
+        polled
     }
 }
 

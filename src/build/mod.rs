@@ -2,9 +2,12 @@
 //! [`Push`], writes progress to an [`Output`] and returns a [`Verdict`].
 
 mod buildpack;
+pub mod cache;
 mod dockerfile;
+mod fetch;
 mod import;
 mod input;
+mod redact;
 
 pub use import::{ImportRequest, Imported};
 
@@ -47,6 +50,10 @@ pub enum BuildError {
     MissingBaseImage { image: String, detail: String },
     #[error("no buildpack matched this app")]
     NoBuildpack,
+    #[error("{0}")]
+    Fetch(#[from] fetch::FetchError),
+    #[error("the compiled slug is {size}, over the limit of {limit}")]
+    SlugTooLarge { size: String, limit: String },
     #[error("the build exited with status {0}")]
     BuildFailed(i64),
     #[error("the build took longer than {0:?} and was stopped")]

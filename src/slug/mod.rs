@@ -9,6 +9,7 @@ mod gzip;
 mod ignore;
 mod pack;
 mod procfile;
+mod unpack;
 
 #[cfg(test)]
 mod tests;
@@ -18,4 +19,8 @@ pub use pack::{pack, PackOptions, PackedSlug, SlugError, MAX_CAPTURED_FILE_BYTES
 pub use procfile::{
     parse_procfile, parse_release_process_types, validate_process_type, BadTypeName, ProcessTypes,
     ProcfileError, ProcfileErrorKind, ReleaseError, ReleaseErrorKind, MAX_PROCESS_TYPE_LEN,
+};
+pub use unpack::{
+    unpack_slug, unpack_tar, SlugLayout, UnpackError, UnpackOptions, UnpackSummary,
+    DEFAULT_APP_PATH, MAX_EXTENSION_HEADER_BYTES, MAX_NAME_BYTES,
 };

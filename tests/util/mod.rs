@@ -759,3 +759,367 @@ impl S3 {
         path
     }
 }
+
+// ------------------------------------------------------------------ slug runner
+
+/// Label on every container the slug runner tests create (for clean-up by hand, too).
+pub const RUNNER_TEST_LABEL: &str = "io.deis.builder.test=slugrunner";
+
+/// The runner image `scripts/test.sh` builds (`ensure_runner_image`).
+pub fn runner_image() -> String {
+    std::env::var("DEIS_IT_RUNNER_IMAGE")
+        .unwrap_or_else(|_| "deis-builder/slugrunner:latest".into())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn unused_port() -> u16 {
+    free_port()
+}
+
+/// Runs `docker args…`, asserts success and returns stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Exit status and output of a finished runner container.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunOutput {
+    #[track_caller]
+    pub fn assert_exit(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "{self:?}");
+    }
+
+    #[track_caller]
+    pub fn assert_failed(&self) {
+        assert!(
+            self.code.is_some_and(|code| code != 0),
+            "should have failed: {self:?}"
+        );
+    }
+}
+
+fn docker_run(extra: &[&str], args: &[String], stdin: Option<&[u8]>) -> RunOutput {
+    use std::io::Write;
+    let mut child = Command::new("docker")
+        .args(["run", "--label", RUNNER_TEST_LABEL])
+        .args(extra)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        // The runner may refuse early and close its end: a broken pipe is fine.
+        let _ = pipe.write_all(data);
+    }
+    let out = child.wait_with_output().unwrap();
+    RunOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `docker run --rm <args>` to completion, `stdin` piped in (pass `-i` in `args` then).
+pub fn run_runner(args: &[String], stdin: Option<&[u8]>) -> RunOutput {
+    docker_run(&["--rm"], args, stdin)
+}
+
+/// A finished container's output and its file system changes (`docker diff` lines).
+pub struct KeptRun {
+    pub output: RunOutput,
+    pub changes: Vec<String>,
+}
+
+/// Like [`run_runner`], but reads `docker diff` before removing the container.
+pub fn run_runner_kept(args: &[String], stdin: Option<&[u8]>) -> KeptRun {
+    let dir = tempfile::tempdir().unwrap();
+    let cidfile = dir.path().join("cid");
+    let cid_arg = cidfile.display().to_string();
+    let output = docker_run(&["--cidfile", &cid_arg], args, stdin);
+    let id = std::fs::read_to_string(&cidfile).unwrap();
+    let diff = Command::new("docker").args(["diff", &id]).output().unwrap();
+    let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+    assert!(diff.status.success(), "docker diff failed");
+    KeptRun {
+        output,
+        changes: String::from_utf8_lossy(&diff.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// A detached runner container, removed (forcefully) when dropped.
+pub struct RunnerContainer {
+    pub id: String,
+}
+
+impl RunnerContainer {
+    pub fn start(args: &[String]) -> RunnerContainer {
+        let out = Command::new("docker")
+            .args(["run", "-d", "--label", RUNNER_TEST_LABEL])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        RunnerContainer {
+            id: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        }
+    }
+
+    /// stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        let out = Command::new("docker")
+            .args(["logs", &self.id])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for RunnerContainer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- container {} ----\n{}", self.id, self.logs());
+        }
+        let _ = Command::new("docker").args(["rm", "-f", &self.id]).output();
+    }
+}
+
+/// A plain HTTP server on 127.0.0.1 answering every path ending in `.tgz` except
+/// `/missing.tgz` with `body`, everything else with 404. Runs until the test ends.
+pub struct OneFileServer {
+    pub port: u16,
+}
+
+impl OneFileServer {
+    pub fn start(body: Vec<u8>) -> OneFileServer {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request_line.split(' ').nth(1).unwrap_or_default();
+                let found = path.ends_with(".tgz") && path != "/missing.tgz";
+                let _ = if found {
+                    write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .and_then(|()| stream.write_all(&body))
+                } else {
+                    write!(
+                        stream,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                };
+            }
+        });
+        OneFileServer { port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// A static HTTP server on 127.0.0.1 (python3 -m http.server) over a temp directory: it
+/// serves buildpack tarballs and git repositories over git's "dumb" HTTP protocol.
+pub struct StaticServer {
+    child: Child,
+    pub port: u16,
+    pub root: TempDir,
+}
+
+impl StaticServer {
+    pub fn start() -> StaticServer {
+        let root = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        let up = eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "static HTTP server did not start");
+        StaticServer { child, port, root }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Publishes `fixtures/buildpacks/<fixture>` as a git repository `<name>.git` (branch
+    /// `main`, one commit); returns the working copy to add commits, branches and tags.
+    pub fn publish_buildpack_repo(&self, name: &str, fixture: &str) -> BuildpackRepo {
+        let work = tempfile::tempdir().unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", buildpack_fixture(fixture).display()))
+            .arg(work.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let repo = BuildpackRepo {
+            work,
+            bare: self.root.path().join(format!("{name}.git")),
+        };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.commit("initial");
+        repo.git(&[
+            "clone",
+            "-q",
+            "--bare",
+            ".",
+            &repo.bare.display().to_string(),
+        ]);
+        repo.git(&["remote", "add", "origin", &repo.bare.display().to_string()]);
+        repo.refresh();
+        repo
+    }
+
+    /// Publishes `fixtures/buildpacks/<fixture>` as `<name>.tgz` with one top-level directory
+    /// (as GitHub archives have).
+    pub fn publish_buildpack_tarball(&self, name: &str, fixture: &str) {
+        let status = Command::new("tar")
+            .arg("-czf")
+            .arg(self.root.path().join(format!("{name}.tgz")))
+            .arg("-C")
+            .arg(buildpack_fixture(fixture).parent().unwrap())
+            .arg(format!("--transform=s,^{fixture},{name}-1.0,"))
+            .arg(fixture)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn buildpack_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/buildpacks")
+        .join(name)
+}
+
+/// The working copy of a buildpack repository served by [`StaticServer`].
+pub struct BuildpackRepo {
+    pub work: TempDir,
+    bare: PathBuf,
+}
+
+impl BuildpackRepo {
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .current_dir(self.work.path())
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "Buildpack")
+            .env("GIT_AUTHOR_EMAIL", "bp@example.com")
+            .env("GIT_COMMITTER_NAME", "Buildpack")
+            .env("GIT_COMMITTER_EMAIL", "bp@example.com")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", self.work.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Commits everything; returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    pub fn write(&self, path: &str, content: &str) {
+        std::fs::write(self.work.path().join(path), content).unwrap();
+    }
+
+    /// Pushes all branches and tags to the served bare repository.
+    pub fn publish(&self) {
+        self.git(&["push", "-q", "--all", "origin"]);
+        self.git(&["push", "-q", "--tags", "origin"]);
+        self.refresh();
+    }
+
+    /// Dumb HTTP needs the info/refs and objects/info/packs files.
+    fn refresh(&self) {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.bare)
+            .arg("update-server-info")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+/// Writes the standalone controller's config for `app`.
+pub fn set_app_config(builder: &Builder, app: &str, values: &[(&str, &str)]) {
+    let dir = builder.data_dir.path().join("apps").join(app);
+    std::fs::create_dir_all(&dir).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
+        .collect();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::Value::Object(map).to_string(),
+    )
+    .unwrap();
+}

@@ -1,0 +1,245 @@
+//! What to run (a process type or a command) and running it: `bash -c` with the app's
+//! profile scripts sourced first, exec'd in place of the runner so the app is the process
+//! that receives the container's signals.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use deis_builder::slug::{self, ProcessTypes};
+
+use crate::RunnerError;
+
+/// Procfile and `.release` larger than this are not slugs we built.
+const MAX_METADATA_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_PORT: &str = "5000";
+
+/// What the arguments ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    /// `start web`: a process type from the Procfile or the release.
+    ProcessType(String),
+    /// `start 'cmd && other'`: one command line, run by bash.
+    CommandLine(String),
+    /// `start prog arg…` or `prog arg…`: a program with its exact arguments.
+    Command(Vec<OsString>),
+}
+
+pub const USAGE: &str = "usage: slugrunner start <process-type>  |  slugrunner start <command> [args…]  |  slugrunner <command> [args…]";
+
+impl Invocation {
+    pub fn parse(args: Vec<OsString>) -> Result<Invocation, RunnerError> {
+        let usage = || RunnerError::Usage(USAGE.to_owned());
+        let Some(first) = args.first() else {
+            return Err(usage());
+        };
+        if first != "start" {
+            return Ok(Invocation::Command(args));
+        }
+        let rest = &args[1..];
+        match rest {
+            [] => Err(usage()),
+            [single] => match single.to_str() {
+                Some(name) if slug::validate_process_type(name).is_ok() => {
+                    Ok(Invocation::ProcessType(name.to_owned()))
+                }
+                Some(line) if !line.trim().is_empty() => {
+                    Ok(Invocation::CommandLine(line.to_owned()))
+                }
+                Some(_) => Err(usage()),
+                None => Ok(Invocation::Command(rest.to_vec())),
+            },
+            _ => Ok(Invocation::Command(rest.to_vec())),
+        }
+    }
+}
+
+/// The app's process types: the Procfile's, plus the release's `default_process_types`
+/// for types the Procfile does not name (as Heroku merges them).
+pub fn process_types(app_dir: &Path) -> Result<ProcessTypes, RunnerError> {
+    let procfile = read_metadata(&app_dir.join("Procfile"))?;
+    let release = read_metadata(&app_dir.join(".release"))?;
+    if procfile.is_none() && release.is_none() {
+        return Err(RunnerError::NoProcessTypes {
+            app_dir: app_dir.to_owned(),
+        });
+    }
+    let mut types = match &release {
+        Some(text) => slug::parse_release_process_types(text).map_err(RunnerError::Release)?,
+        None => ProcessTypes::default(),
+    };
+    if let Some(text) = &procfile {
+        let declared = slug::parse_procfile(text).map_err(RunnerError::Procfile)?;
+        types.0.extend(declared.0);
+    }
+    Ok(types)
+}
+
+fn read_metadata(path: &Path) -> Result<Option<String>, RunnerError> {
+    let unreadable = |reason: String| RunnerError::Metadata {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(unreadable(error.to_string())),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_METADATA_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| unreadable(error.to_string()))?;
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(unreadable(format!(
+            "larger than {MAX_METADATA_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| unreadable("not UTF-8 text".to_owned()))
+}
+
+/// The bash script that prepares the environment; `$1` (or `"$@"`) is then exec'd.
+fn profile_script(app_dir: &Path, tail: &str) -> String {
+    let app = shell_quote(&app_dir.display().to_string());
+    format!(
+        "cd {app} || exit 1\n\
+         for slugrunner_profile in {app}/.profile.d/*.sh; do\n\
+         \x20 if [ -f \"$slugrunner_profile\" ]; then . \"$slugrunner_profile\"; fi\n\
+         done\n\
+         unset slugrunner_profile\n\
+         if [ -f {app}/.profile ]; then . {app}/.profile; fi\n\
+         {tail}\n"
+    )
+}
+
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// What bash finally runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// A command line (from the Procfile or the arguments), `name` shown as its `$0`.
+    Line { name: String, line: String },
+    /// A program and its exact arguments.
+    Program(Vec<OsString>),
+}
+
+/// Turns the invocation into what to run, looking process types up in the app.
+pub fn resolve(app_dir: &Path, invocation: Invocation) -> Result<Launch, RunnerError> {
+    match invocation {
+        Invocation::Command(args) => Ok(Launch::Program(args)),
+        Invocation::CommandLine(line) => Ok(Launch::Line {
+            name: "slugrunner".to_owned(),
+            line,
+        }),
+        Invocation::ProcessType(name) => {
+            let types = process_types(app_dir)?;
+            match types.get(&name) {
+                Some(line) => Ok(Launch::Line {
+                    line: line.to_owned(),
+                    name,
+                }),
+                None => Err(RunnerError::UnknownProcessType {
+                    name,
+                    known: types.names().iter().map(|n| (*n).to_owned()).collect(),
+                }),
+            }
+        }
+    }
+}
+
+/// Replaces this process with bash running `launch` after the profile scripts. Returns
+/// only on failure.
+pub fn exec(app_dir: &Path, launch: &Launch) -> RunnerError {
+    let mut command = Command::new("bash");
+    command.arg("-c");
+    match launch {
+        Launch::Program(args) => {
+            command
+                .arg(profile_script(app_dir, "exec \"$@\""))
+                .arg("slugrunner")
+                .args(args);
+        }
+        Launch::Line { name, line } => {
+            // The line runs in a fresh `bash -c` exec'd in place of the profile shell, so
+            // no shell lingers in between: the app (or bash running it) gets the signals,
+            // and bash execs a lone simple command itself.
+            command
+                .arg(profile_script(app_dir, "exec bash -c \"$1\" \"$0\""))
+                .arg(name)
+                .arg(line);
+        }
+    }
+    command.current_dir(app_dir).env("HOME", app_dir);
+    if std::env::var_os("PORT").is_none_or(|port| port.is_empty()) {
+        command.env("PORT", DEFAULT_PORT);
+    }
+    RunnerError::Exec(command.exec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn arguments_select_what_runs() {
+        assert_eq!(
+            Invocation::parse(args(&["start", "web"])).unwrap(),
+            Invocation::ProcessType("web".into())
+        );
+        assert_eq!(
+            Invocation::parse(args(&["start", "echo hi && exit 3"])).unwrap(),
+            Invocation::CommandLine("echo hi && exit 3".into())
+        );
+        assert_eq!(
+            Invocation::parse(args(&["start", "python3", "-c", "print(1)"])).unwrap(),
+            Invocation::Command(args(&["python3", "-c", "print(1)"]))
+        );
+        assert_eq!(
+            Invocation::parse(args(&["bash"])).unwrap(),
+            Invocation::Command(args(&["bash"]))
+        );
+        for bad in [&[][..], &["start"][..], &["start", " "][..]] {
+            assert!(matches!(
+                Invocation::parse(args(bad)),
+                Err(RunnerError::Usage(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn procfile_types_override_release_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".release"),
+            "---\ndefault_process_types:\n  web: default-web\n  console: irb\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("Procfile"), "web: ./server\n").unwrap();
+        let types = process_types(dir.path()).unwrap();
+        assert_eq!(types.get("web"), Some("./server"));
+        assert_eq!(types.get("console"), Some("irb"));
+    }
+
+    #[test]
+    fn missing_metadata_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            process_types(dir.path()),
+            Err(RunnerError::NoProcessTypes { .. })
+        ));
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("/a'b"), r"'/a'\''b'");
+    }
+}

@@ -1,0 +1,471 @@
+//! Buildpack compatibility and the build cache, through real git+ssh pushes: the cache,
+//! BUILDPACK_URL (git refs and tarballs, served from a local HTTP server), `.buildpacks`,
+//! hooks and ENV_DIR, SSH_KEY redaction, the compile timeout and slug size limits.
+
+mod util;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use util::*;
+
+fn position(output: &str, text: &str) -> usize {
+    output
+        .find(text)
+        .unwrap_or_else(|| panic!("expected {text:?} in:\n{output}"))
+}
+
+#[track_caller]
+fn assert_in_order(output: &str, texts: &[&str]) {
+    let positions: Vec<usize> = texts.iter().map(|t| position(output, t)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "expected {texts:?} in this order in:\n{output}"
+    );
+}
+
+fn purge_cache(builder: &Builder, app: &str, storage_args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_deis-builder"))
+        .arg("purge-cache")
+        .arg(app)
+        .arg("--data-dir")
+        .arg(builder.data_dir.path())
+        .args(storage_args)
+        .env_remove("DEIS_CONTROLLER_SERVICE_HOST")
+        .output()
+        .unwrap()
+}
+
+/// Acceptance 1: fill, reuse, corruption, purge and DEIS_DISABLE_CACHE.
+#[test]
+fn build_cache_is_reused_discarded_when_corrupt_purged_and_disabled() {
+    require_services!();
+    let server = StaticServer::start();
+    server.publish_buildpack_repo("slow-cache", "slow-cache");
+    let (builder, key) = Builder::with_developer();
+    let app = App::from_fixture("cached-deps");
+    let name = unique("cache");
+    let buildpack = server.url("slow-cache.git");
+    set_app_config(
+        &builder,
+        &name,
+        &[("BUILDPACK_URL", &buildpack), ("DEP_ROUNDS", "1000000")],
+    );
+    let cache_object = builder.storage_path(&format!("home/{name}/cache/cache.tgz"));
+
+    let started = Instant::now();
+    app.push(&builder, &name, &key)
+        .assert_ok()
+        .assert_says("remote: -----> Fetching custom buildpack")
+        .assert_says("remote: -----> Building dependencies")
+        .assert_says("remote: -----> Cache saved");
+    let first = started.elapsed();
+    assert!(cache_object.is_file(), "the first push must fill the cache");
+
+    app.commit_file("VERSION", "2\n");
+    let started = Instant::now();
+    let second = app.push(&builder, &name, &key);
+    second
+        .assert_ok()
+        .assert_says("remote: -----> Restoring cache")
+        .assert_says("remote: -----> Using cached dependencies")
+        .assert_says("remote:        cache hit: alpha beta gamma")
+        .assert_says("remote: -----> Cache unchanged");
+    assert!(!second.output.contains("Building dependencies"));
+    eprintln!(
+        "first push {:.1}s, second push {:.1}s (cache reused)",
+        first.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // A corrupted cache object is discarded with a warning; the build goes on.
+    std::fs::write(&cache_object, b"definitely not a gzip'd tar").unwrap();
+    app.commit_file("VERSION", "3\n");
+    app.push(&builder, &name, &key)
+        .assert_ok()
+        .assert_says("remote:  !     Warning: the build cache was unreadable")
+        .assert_says("remote: -----> Building dependencies")
+        .assert_says("remote: -----> Cache saved");
+
+    // The purge command deletes it (same settings as serve).
+    let purged = purge_cache(&builder, &name, &[]);
+    assert!(
+        purged.status.success(),
+        "purge-cache failed: {}",
+        String::from_utf8_lossy(&purged.stderr)
+    );
+    assert!(!cache_object.exists(), "purge-cache must delete the cache");
+    app.commit_file("VERSION", "4\n");
+    let after_purge = app.push(&builder, &name, &key);
+    after_purge
+        .assert_ok()
+        .assert_says("remote: -----> Building dependencies");
+    assert!(!after_purge.output.contains("Restoring cache"));
+    assert!(cache_object.is_file());
+
+    // DEIS_DISABLE_CACHE deletes the cache and builds without one.
+    set_app_config(
+        &builder,
+        &name,
+        &[
+            ("BUILDPACK_URL", &buildpack),
+            ("DEP_ROUNDS", "1000000"),
+            ("DEIS_DISABLE_CACHE", "1"),
+        ],
+    );
+    app.commit_file("VERSION", "5\n");
+    let disabled = app.push(&builder, &name, &key);
+    disabled
+        .assert_ok()
+        .assert_says("remote: -----> Cache disabled by DEIS_DISABLE_CACHE")
+        .assert_says("remote: -----> Building dependencies");
+    assert!(!disabled.output.contains("Cache saved"));
+    assert!(
+        !cache_object.exists(),
+        "DEIS_DISABLE_CACHE must delete the cache"
+    );
+}
+
+/// The purge command works against S3 too.
+#[test]
+fn purge_cache_deletes_the_cache_from_s3() {
+    require_services!();
+    let server = StaticServer::start();
+    server.publish_buildpack_repo("slow-cache", "slow-cache");
+    let bucket = unique("cache");
+    let (builder, key) = Builder::with_developer_and(BuilderOptions {
+        storage: Storage::S3 {
+            bucket: bucket.clone(),
+        },
+        ..Default::default()
+    });
+    let app = App::from_fixture("cached-deps");
+    let name = unique("s3cache");
+    set_app_config(
+        &builder,
+        &name,
+        &[
+            ("BUILDPACK_URL", &server.url("slow-cache.git")),
+            ("DEP_ROUNDS", "1000"),
+        ],
+    );
+    app.push(&builder, &name, &key)
+        .assert_ok()
+        .assert_says("remote: -----> Cache saved");
+    let s3 = S3::connect();
+    let cache_keys = [
+        format!("home/{name}/cache/cache.tgz"),
+        format!("home/{name}/cache/cache.sha256"),
+    ];
+    let keys = s3.keys(&bucket);
+    for expected in &cache_keys {
+        assert!(keys.contains(expected), "{expected} missing from {keys:?}");
+    }
+    let purged = purge_cache(
+        &builder,
+        &name,
+        &[
+            "--storage".into(),
+            format!("s3://{bucket}"),
+            "--s3-endpoint".into(),
+            s3_endpoint(),
+        ],
+    );
+    assert!(
+        purged.status.success(),
+        "purge-cache failed: {}",
+        String::from_utf8_lossy(&purged.stderr)
+    );
+    let keys = s3.keys(&bucket);
+    for gone in &cache_keys {
+        assert!(!keys.contains(gone), "{gone} still in {keys:?}");
+    }
+    assert!(
+        keys.iter().any(|k| k.ends_with("/push/slug.tgz")),
+        "purge must leave slugs alone: {keys:?}"
+    );
+}
+
+/// Acceptance 2: BUILDPACK_URL with a branch, a tag, a commit and a tarball; bad URL and ref.
+#[test]
+fn buildpack_url_selects_branches_tags_commits_and_tarballs() {
+    require_services!();
+    let server = StaticServer::start();
+    let repo = server.publish_buildpack_repo("versioned", "versioned");
+    repo.git(&["tag", "v1"]);
+    repo.git(&["branch", "feature"]);
+    repo.write("VERSION", "main-2\n");
+    let second = repo.commit("main 2");
+    repo.write("VERSION", "main-3\n");
+    repo.commit("main 3");
+    repo.git(&["checkout", "-q", "feature"]);
+    repo.write("VERSION", "feature-1\n");
+    repo.commit("feature 1");
+    repo.git(&["checkout", "-q", "main"]);
+    repo.publish();
+    server.publish_buildpack_tarball("versioned-tarball", "versioned");
+
+    let (builder, key) = Builder::with_developer();
+    let app = App::from_fixture("multi");
+    let name = unique("bpurl");
+    let git_url = server.url("versioned.git");
+    let cases = [
+        (git_url.clone(), "main-3"),
+        (format!("{git_url}#feature"), "feature-1"),
+        (format!("{git_url}#v1"), "main-1"),
+        (format!("{git_url}#{second}"), "main-2"),
+        (format!("{git_url}#{}", &second[..10]), "main-2"),
+        (server.url("versioned-tarball.tgz"), "main-1"),
+    ];
+    for (round, (url, version)) in cases.iter().enumerate() {
+        set_app_config(&builder, &name, &[("BUILDPACK_URL", url)]);
+        app.commit_file("ROUND", &format!("{round}\n"));
+        app.push(&builder, &name, &key)
+            .assert_ok()
+            .assert_says("remote: -----> Fetching custom buildpack")
+            .assert_says(&format!("remote:        {url}"))
+            .assert_says("remote: -----> Versioned app detected")
+            .assert_says(&format!("remote: -----> Buildpack version {version} "))
+            .assert_says("Default types for buildpack -> web");
+    }
+
+    let failures = [
+        (
+            format!("{git_url}#no-such-branch"),
+            "has no branch, tag or commit \"no-such-branch\"",
+        ),
+        (server.url("missing.git"), "cannot fetch buildpack"),
+        (server.url("missing.tgz"), "cannot fetch buildpack"),
+        ("file:///etc".to_owned(), "invalid buildpack URL"),
+    ];
+    for (round, (url, message)) in failures.iter().enumerate() {
+        set_app_config(&builder, &name, &[("BUILDPACK_URL", url)]);
+        app.commit_file("ROUND", &format!("bad {round}\n"));
+        app.push(&builder, &name, &key)
+            .assert_rejected()
+            .assert_says(" !     Build failed: ")
+            .assert_says(message);
+    }
+    assert_eq!(builder.releases(&name).len(), cases.len());
+}
+
+/// Acceptance 3: three buildpacks from `.buildpacks`, run in order.
+#[test]
+fn buildpacks_file_runs_each_buildpack_in_order() {
+    require_services!();
+    let server = StaticServer::start();
+    server.publish_buildpack_repo("tool", "multi-tool");
+    server.publish_buildpack_repo("user", "multi-user");
+    server.publish_buildpack_tarball("release", "multi-release");
+    let (builder, key) = Builder::with_developer();
+    let app = App::from_fixture("multi");
+    app.commit_file(
+        ".buildpacks",
+        &format!(
+            "# tools first\n{}#main\n{}\n\n{}\n",
+            server.url("tool.git"),
+            server.url("user.git"),
+            server.url("release.tgz")
+        ),
+    );
+    let name = unique("multi");
+    let pushed = app.push(&builder, &name, &key);
+    pushed.assert_ok();
+    assert_in_order(
+        &pushed.output,
+        &[
+            &format!(
+                "remote: =====> Downloading Buildpack: {}",
+                server.url("tool.git")
+            ),
+            &format!(
+                "remote: =====> Downloading Buildpack: {}",
+                server.url("user.git")
+            ),
+            &format!(
+                "remote: =====> Downloading Buildpack: {}",
+                server.url("release.tgz")
+            ),
+            "remote: =====> Detected Framework: Tool maker",
+            "remote:        installed greet",
+            "remote: =====> Detected Framework: Tool user",
+            "remote:        hello from greet, buildpack-two",
+            "remote: =====> Detected Framework: Process types",
+            "remote:        Default types for buildpack -> clock, web",
+        ],
+    );
+}
+
+/// Acceptance 4: hooks in order, ENV_DIR, the compile environment, SSH_KEY never shown.
+#[test]
+fn hooks_env_dir_and_ssh_key_redaction() {
+    require_services!();
+    let server = StaticServer::start();
+    server.publish_buildpack_repo("probe", "env-probe");
+    let (builder, key) = Builder::with_developer();
+    let app = App::from_fixture("hooks-env");
+    let name = unique("hooks");
+    let ssh_key = Key::generate("ed25519", "deploy");
+    let private = std::fs::read_to_string(&ssh_key.path).unwrap();
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&private)
+    };
+    set_app_config(
+        &builder,
+        &name,
+        &[
+            ("BUILDPACK_URL", &server.url("probe.git")),
+            ("SECRET_TOKEN", "tok-123"),
+            ("SSH_KEY", &encoded),
+        ],
+    );
+    let pushed = app.push(&builder, &name, &key);
+    pushed.assert_ok();
+    let output = &pushed.output;
+    assert_in_order(
+        output,
+        &[
+            "remote: -----> Running pre-compile hook",
+            "remote:        pre-compile hook ran",
+            "remote: -----> Compile environment",
+            "remote: -----> Running post-compile hook",
+            "remote:        post-compile hook ran",
+        ],
+    );
+    pushed
+        .assert_says("remote:        ENV_DIR files: BUILDPACK_URL SECRET_TOKEN SSH_KEY ")
+        .assert_says("remote:        HOME=/app ")
+        .assert_says("remote:        APP_DIR=/app ")
+        .assert_says("remote:        STACK=deis-bookworm ")
+        .assert_says(&format!("remote:        SOURCE_VERSION={} ", app.head()))
+        .assert_says("remote:        GIT_SSH_COMMAND=ssh -F /build/ssh/config ")
+        .assert_says("[redacted]");
+    assert!(!output.contains("LEAKED"), "config vars leaked:\n{output}");
+    assert!(!output.contains(&encoded), "SSH_KEY printed:\n{output}");
+    for line in private.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(
+            !output.contains(line),
+            "a line of the key was printed:\n{output}"
+        );
+    }
+    assert!(
+        !builder.log().contains(&encoded),
+        "SSH_KEY in the builder log"
+    );
+}
+
+/// Acceptance 5: compile timeout and slug size limits.
+#[test]
+fn compile_timeout_and_slug_size_limits() {
+    require_services!();
+    let (builder, key) = Builder::with_developer_and(BuilderOptions {
+        extra_args: vec![
+            "--build-timeout".into(),
+            "15s".into(),
+            "--slug-warn-size".into(),
+            "512k".into(),
+            "--slug-max-size".into(),
+            "1m".into(),
+            "--buildpack-fetch-timeout".into(),
+            "3s".into(),
+        ],
+        ..Default::default()
+    });
+
+    let slow = App::from_fixture("slow-compile");
+    let name = unique("slow");
+    slow.push(&builder, &name, &key)
+        .assert_rejected()
+        .assert_says("sleeping past the build timeout")
+        .assert_says(" !     Build failed: the build took longer than 15s and was stopped");
+    assert!(
+        eventually(Duration::from_secs(20), || containers_of(&name).is_empty()),
+        "the timed-out build container must be removed"
+    );
+    assert!(builder.releases(&name).is_empty());
+
+    let big = App::from_fixture("big-slug");
+    let name = unique("big");
+    big.push(&builder, &name, &key)
+        .assert_ok()
+        .assert_says("remote: -----> Compiled slug size is 70")
+        .assert_says("remote:  !     Warning: the slug is 70")
+        .assert_says("over the recommended 512.0K");
+    big.commit_file("size-kib", "3000\n");
+    let sha8 = big.head()[..8].to_owned();
+    big.push(&builder, &name, &key)
+        .assert_rejected()
+        .assert_says(" !     Build failed: the compiled slug is 2.9M, over the limit of 1.0M");
+    assert!(
+        !builder
+            .storage_path(&format!("home/{name}:git-{sha8}/push/slug.tgz"))
+            .exists(),
+        "an oversize slug must not be stored"
+    );
+    assert_eq!(builder.releases(&name).len(), 1);
+
+    // A buildpack server that never answers: the fetch is stopped at its limit.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let app = App::from_fixture("multi");
+    let name = unique("hang");
+    let url = format!("http://127.0.0.1:{port}/buildpack.git");
+    set_app_config(&builder, &name, &[("BUILDPACK_URL", &url)]);
+    app.push(&builder, &name, &key)
+        .assert_rejected()
+        .assert_says(&format!(
+            " !     Build failed: fetching buildpack {url} took longer than 3s and was stopped"
+        ));
+}
+
+/// SSH_KEY also serves the host-side fetch of a private buildpack over ssh: here the
+/// buildpack lives in the builder's own git server, readable only with an authorised key.
+#[test]
+fn private_buildpack_is_fetched_over_ssh_with_ssh_key() {
+    require_services!();
+    let (builder, key) = Builder::with_developer();
+    let buildpack = App::from_fixture("multi");
+    for file in ["detect", "compile", "release"] {
+        let from = buildpack_fixture("versioned").join("bin").join(file);
+        let to = buildpack.dir.path().join("bin").join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+    std::fs::write(buildpack.dir.path().join("VERSION"), "private-1\n").unwrap();
+    // The repository must build to be pushed; the Procfile buildpack accepts it.
+    buildpack.commit_file("Procfile", "web: sleep 1\n");
+    let repo = unique("privbp");
+    buildpack.push(&builder, &repo, &key).assert_ok();
+
+    let app = App::from_fixture("cached-deps");
+    let name = unique("private");
+    let url = format!("ssh://git@127.0.0.1:{}/{repo}.git", builder.ssh_port);
+    let private = std::fs::read_to_string(&key.path).unwrap();
+    let encoded = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&private)
+    };
+    set_app_config(&builder, &name, &[("BUILDPACK_URL", &url)]);
+    app.push(&builder, &name, &key)
+        .assert_rejected()
+        .assert_says("cannot fetch buildpack ssh://git@127.0.0.1");
+
+    set_app_config(
+        &builder,
+        &name,
+        &[("BUILDPACK_URL", &url), ("SSH_KEY", &encoded)],
+    );
+    app.commit_file("ROUND", "2\n");
+    let pushed = app.push(&builder, &name, &key);
+    pushed
+        .assert_ok()
+        .assert_says("remote: -----> Buildpack version private-1");
+    assert!(!pushed.output.contains(&encoded));
+}
