@@ -214,3 +214,60 @@ fn a_crashed_builder_sweeps_its_leftovers_on_restart() {
         .assert_ok()
         .assert_says(&format!("Done, {name}:v1 deployed"));
 }
+
+#[test]
+fn operator_host_keys_are_served() {
+    require_services!();
+    let keys = tempfile::tempdir().unwrap();
+    let host_key = keys.path().join("host_key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let builder = Builder::start(BuilderOptions {
+        extra_args: vec!["--host-key".into(), host_key.display().to_string()],
+        ..Default::default()
+    });
+    let scanned = std::process::Command::new("ssh-keyscan")
+        .args([
+            "-t",
+            "ed25519",
+            "-p",
+            &builder.ssh_port.to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    let served = String::from_utf8_lossy(&scanned.stdout);
+    let expected = std::fs::read_to_string(host_key.with_extension("pub")).unwrap();
+    let expected_blob = expected.split_whitespace().nth(1).unwrap();
+    assert!(
+        served.contains(expected_blob),
+        "served {served:?}, expected {expected_blob}"
+    );
+    assert!(!builder
+        .data_dir
+        .path()
+        .join("ssh_host_ed25519_key")
+        .exists());
+}
+
+#[test]
+fn invalid_settings_stop_start_up_with_one_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deis-builder"))
+        .args([
+            "serve",
+            "--data-dir",
+            "/nonexistent",
+            "--ssh-addr",
+            "not-an-address",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--ssh-addr"), "{stderr}");
+}
