@@ -23,6 +23,8 @@ use crate::storage::{LocalStore, ObjectStore, S3Settings, S3Store};
 
 /// How long running pushes get to finish after SIGTERM before they are cancelled.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long cancelled pushes get to clean up after the grace period.
+const CLEANUP_GRACE: Duration = Duration::from_secs(15);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
@@ -67,7 +69,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         engine: engine.clone(),
         settings: settings.build.clone(),
     });
-    let shutdown = CancellationToken::new();
+    // Two stages: `stop_accepting` closes the doors; `abort` cancels what still runs
+    // once the grace period is over.
+    let stop_accepting = CancellationToken::new();
+    let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
 
     tracing::info!(
@@ -95,33 +100,42 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         locks: git.locks().clone(),
         builder_key: settings.builder_key.clone(),
     };
-    tracker.spawn(crate::git::hook::serve(
+    // The hook socket stays open through the grace period: running pushes still need it.
+    let hooks = tokio::spawn(crate::git::hook::serve(
         hook_listener,
         git,
         pipeline,
-        shutdown.clone(),
+        abort.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(ssh.run(ssh_listener, shutdown.clone(), tracker.clone()));
+    tracker.spawn(ssh.run(
+        ssh_listener,
+        stop_accepting.clone(),
+        abort.clone(),
+        tracker.clone(),
+    ));
     let http = tokio::spawn(crate::http::serve(
         http_listener,
         health,
         imports,
-        shutdown.clone(),
+        stop_accepting.clone(),
     ));
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; running pushes get {SHUTDOWN_GRACE:?}");
-    tracker.close();
-    let stop_accepting = shutdown.clone();
-    // Stop accepting first, then give running pushes their grace period.
     stop_accepting.cancel();
+    tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()
     {
-        tracing::warn!("grace period over; remaining pushes were cancelled");
+        tracing::warn!("grace period over; cancelling the remaining pushes");
+        abort.cancel();
+        // Cancelled builds remove their containers and roll back their objects.
+        let _ = tokio::time::timeout(CLEANUP_GRACE, tracker.wait()).await;
     }
+    abort.cancel();
+    let _ = hooks.await;
     let _ = http.await;
     Ok(())
 }

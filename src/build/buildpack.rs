@@ -369,20 +369,29 @@ impl Pipeline {
             limit: self.settings.slug_max_bytes,
         };
         let stored = published.put(&keys.slug, &mut body).await;
-        if body.exceeded() {
+        let exceeded = body.exceeded();
+        if exceeded {
             // Keep the packer going to its end so the message can give the full size.
             let _ = tokio::io::copy(&mut body.inner, &mut tokio::io::sink()).await;
         }
+        // After a failed upload nobody reads the pipe any more: dropping it makes the
+        // packer's next write fail instead of blocking forever on a full pipe.
+        drop(body);
         let packed = packer
             .await
-            .map_err(|e| io::Error::other(format!("slug packer crashed: {e}")))??;
-        if body.exceeded() || packed.compressed_bytes > self.settings.slug_max_bytes {
+            .map_err(|e| io::Error::other(format!("slug packer crashed: {e}")))?;
+        // An upload error wins over the packer's (which only says the pipe closed); an
+        // oversize slug is reported below with its full size.
+        if let (Err(error), false) = (stored, exceeded) {
+            return Err(error.into());
+        }
+        let packed = packed?;
+        if exceeded || packed.compressed_bytes > self.settings.slug_max_bytes {
             return Err(BuildError::SlugTooLarge {
                 size: human_size(packed.compressed_bytes),
                 limit: human_size(self.settings.slug_max_bytes),
             });
         }
-        stored?;
         tracing::info!(sha256 = %packed.sha256, bytes = packed.compressed_bytes, "slug stored");
         Ok(packed)
     }

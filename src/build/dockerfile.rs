@@ -66,7 +66,13 @@ impl Pipeline {
             push_id: push.id.clone(),
         };
         out.step(format!("Building Docker image {reference}")).await;
-        let built = relay(self.engine.build_image(context, &spec), out, false).await;
+        let timeout = self.settings.timeout;
+        let built = tokio::time::timeout(
+            timeout,
+            relay(self.engine.build_image(context, &spec), out, false),
+        )
+        .await
+        .map_err(|_| BuildError::Timeout(timeout))?;
         if let Err(error) = built {
             return Err(match (&error, missing_bases.as_slice()) {
                 (EngineError::BuildFailed(_), [first, ..]) => BuildError::MissingBaseImage {
@@ -80,12 +86,16 @@ impl Pipeline {
         if let Some(registry) = &self.settings.registry {
             out.step(format!("Pushing {reference}")).await;
             let auth = registry_auth(registry);
-            let pushed = relay(
-                self.engine.push_image(&repository, &tag, auth.as_ref()),
-                out,
-                true,
+            let pushed = tokio::time::timeout(
+                timeout,
+                relay(
+                    self.engine.push_image(&repository, &tag, auth.as_ref()),
+                    out,
+                    true,
+                ),
             )
-            .await;
+            .await
+            .map_err(|_| BuildError::Timeout(timeout))?;
             if let Err(error) = pushed {
                 // Nothing half-done stays behind: the tag was never published.
                 let _ = self.engine.remove_image(&reference).await;

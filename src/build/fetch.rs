@@ -63,8 +63,9 @@ pub struct BuildpackUrl {
 impl BuildpackUrl {
     pub fn parse(text: &str) -> Result<BuildpackUrl, FetchError> {
         let text = text.trim();
+        // Even a malformed URL may carry a token: never echo it.
         let bad = |reason| FetchError::BadUrl {
-            url: crate::names::printable(text),
+            url: crate::names::printable(&mask_credentials(text)),
             reason,
         };
         if text.is_empty() {
@@ -125,18 +126,7 @@ impl BuildpackUrl {
     /// The URL and ref for messages. HTTP user info (`user:password@`, `token@`) is a
     /// credential and shows as `***@`; an ssh user name (`git@`) is not.
     pub fn shown(&self) -> String {
-        let url = match self.url.split_once("://") {
-            Some((scheme, rest))
-                if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
-            {
-                let authority_end = rest.find('/').unwrap_or(rest.len());
-                match rest[..authority_end].rfind('@') {
-                    Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                    None => self.url.clone(),
-                }
-            }
-            _ => self.url.clone(),
-        };
+        let url = mask_credentials(&self.url);
         match &self.reference {
             Some(reference) => format!("{url}#{reference}"),
             None => url,
@@ -613,6 +603,22 @@ fn unpack_tarball(archive: &Path, dest: &Path, url: &str) -> Result<PathBuf, Fet
     match entries.pop() {
         Some(only) if entries.is_empty() && only.path().is_dir() => Ok(only.path()),
         _ => Ok(dest.to_owned()),
+    }
+}
+
+/// HTTP user info (`user:password@`, `token@`) is a credential: it shows as `***@`.
+fn mask_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
     }
 }
 

@@ -168,6 +168,7 @@ async fn handle(
         return write_half.write_all(&frame(TAG_VERDICT, &[1])).await;
     };
     let cancel = pending.cancel.child_token();
+    let app_lock = pending.lock.clone();
     let (out, mut rx) = Output::channel(64);
 
     // If the hook process dies (its client went away), stop the build.
@@ -214,6 +215,8 @@ async fn handle(
         }
     };
     watcher.abort();
+    // The build, clean-up included, is over: the app may take the next push.
+    drop(app_lock);
     if let Ok(Some(mut write_half)) = writer.await {
         let code = if verdict == Verdict::Accept { 0 } else { 1 };
         write_half.write_all(&frame(TAG_VERDICT, &[code])).await?;

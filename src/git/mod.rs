@@ -54,6 +54,9 @@ pub(crate) struct PendingPush {
     pub user: String,
     pub git_dir: PathBuf,
     pub cancel: CancellationToken,
+    /// Shared with the SSH side: the app stays locked until both the git process and the
+    /// build (including its clean-up after a cancellation) are done.
+    pub lock: Arc<lock::AppLock>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -141,7 +144,7 @@ impl GitServer {
             GitService::ReceivePack => {
                 // Refuse rather than wait: the developer learns at once, and nothing queues
                 // behind a push whose client may never come back.
-                let Some(_lock) = self.locks.try_lock(app) else {
+                let Some(lock) = self.locks.try_lock(app) else {
                     let msg = format!(
                         "another push to {app} is in progress; try again when it has finished"
                     );
@@ -156,6 +159,7 @@ impl GitServer {
                         return 1;
                     }
                 };
+                let lock = Arc::new(lock);
                 let push_id = new_push_id();
                 self.pending.insert(
                     push_id.clone(),
@@ -164,6 +168,7 @@ impl GitServer {
                         user: user.to_owned(),
                         git_dir: git_dir.clone(),
                         cancel: cancel.clone(),
+                        lock: lock.clone(),
                     },
                 );
                 let mut cmd = git_command(&git_dir);
@@ -174,6 +179,7 @@ impl GitServer {
                     .env(ENV_EXE, &self.exe);
                 let status = run_piped(cmd, stdin, client, cancel).await;
                 self.pending.remove(&push_id);
+                drop(lock);
                 status
             }
         }
@@ -203,16 +209,17 @@ impl GitServer {
                     String::from_utf8_lossy(&output.stderr).trim().to_owned(),
                 ));
             }
-            // Check every object a client sends: a corrupt or malicious pack is refused by git.
-            let fsck = git_command(&git_dir)
-                .args(["config", "receive.fsckObjects", "true"])
-                .output()
-                .await
-                .map_err(|e| repo_err(e.to_string()))?;
-            if !fsck.status.success() {
-                return Err(repo_err("cannot configure receive.fsckObjects".into()));
-            }
             tracing::info!(%app, "created repository");
+        }
+        // Check every object a client sends: a corrupt or malicious pack is refused by git.
+        // Set on every push, so a repository never stays without it.
+        let fsck = git_command(&git_dir)
+            .args(["config", "receive.fsckObjects", "true"])
+            .output()
+            .await
+            .map_err(|e| repo_err(e.to_string()))?;
+        if !fsck.status.success() {
+            return Err(repo_err("cannot configure receive.fsckObjects".into()));
         }
         let hook = git_dir.join("hooks").join("pre-receive");
         let current = tokio::fs::read_to_string(&hook).await.unwrap_or_default();

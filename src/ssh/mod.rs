@@ -50,11 +50,13 @@ pub fn server_config(keys: Vec<PrivateKey>) -> russh::server::Config {
 }
 
 impl SshServer {
-    /// The accept loop. Returns when `shutdown` fires; live connections are tracked by `tracker`.
+    /// The accept loop. Returns when `stop_accepting` fires; live connections, tracked by
+    /// `tracker`, run on until they end or `abort` fires.
     pub async fn run(
         self,
         listener: TcpListener,
-        shutdown: CancellationToken,
+        stop_accepting: CancellationToken,
+        abort: CancellationToken,
         tracker: TaskTracker,
     ) {
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -64,7 +66,7 @@ impl SshServer {
                 return;
             };
             let (stream, peer) = tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = stop_accepting.cancelled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
                     Err(error) => {
@@ -80,7 +82,7 @@ impl SshServer {
                 user: None,
                 channels: HashMap::new(),
                 git_protocol: None,
-                cancel: shutdown.child_token(),
+                cancel: abort.child_token(),
                 tracker: tracker.clone(),
             };
             let config = this.config.clone();
