@@ -271,3 +271,26 @@ fn invalid_settings_stop_start_up_with_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--ssh-addr"), "{stderr}");
 }
+
+#[test]
+fn sigterm_lets_a_running_push_finish() {
+    require_services!();
+    let (mut builder, key) = Builder::with_developer();
+    let app = App::from_fixture("procfile-wait");
+    let name = unique("graceful");
+
+    let mut push = app.push_live(&builder, &name, &key);
+    push.wait_for("waiting for /tmp/continue");
+    builder.terminate();
+    // New connections are refused at once; the running push is not cut.
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", builder.ssh_port)).is_err()
+    }));
+    release_waiting_build(&name);
+    push.finish()
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v1 deployed"));
+    let status = builder.stop().expect("builder exit status");
+    assert!(status.success(), "builder exited with {status}");
+    assert!(containers_of(&name).is_empty());
+}

@@ -236,6 +236,16 @@ impl Builder {
         names
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let pid = libc::pid_t::try_from(child.id()).unwrap();
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
