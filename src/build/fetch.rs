@@ -239,8 +239,16 @@ impl Workspace {
 
 impl Drop for Workspace {
     fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(%error, dir = %self.path.display(), "cannot remove push workspace");
+        let path = std::mem::take(&mut self.path);
+        let remove = move || {
+            if let Err(error) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(%error, dir = %path.display(), "cannot remove push workspace");
+            }
+        };
+        // It may hold a large cache tarball: keep the deletion off the async workers.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::build::{ImportRequest, Pipeline};
+use crate::build::{BuildError, ImportRequest, Pipeline};
 use crate::controller::Controller;
 use crate::engine::Engine;
 use crate::git::lock::AppLocks;
@@ -153,10 +153,30 @@ async fn import(
         Err(error) => {
             tracing::warn!(%error, app = %request.app, "import failed");
             (
-                StatusCode::UNPROCESSABLE_ENTITY,
+                import_failure_status(&error),
                 Json(json!({ "detail": error.to_string(), "output": output })),
             )
         }
+    }
+}
+
+/// What a failed import answers: the controller's own refusal (403, 404, …) passes through;
+/// an outage of the controller, engine, storage or registry is 502/503, so the caller
+/// knows to retry; anything else (a bad or missing image) is 422.
+fn import_failure_status(error: &BuildError) -> StatusCode {
+    use crate::engine::EngineError;
+    match error {
+        BuildError::Controller(e) if e.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
+        BuildError::Controller(e) => e
+            .status()
+            .filter(|code| (400..500).contains(code))
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY),
+        BuildError::Engine(EngineError::Connect(_)) | BuildError::Storage(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        BuildError::Engine(EngineError::Registry(_)) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -227,5 +247,44 @@ impl Health {
             ));
         }
         checks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::ControllerError;
+    use crate::engine::EngineError;
+
+    #[test]
+    fn import_failures_tell_outages_from_refusals() {
+        let cases = [
+            (
+                BuildError::Controller(ControllerError::Forbidden),
+                StatusCode::FORBIDDEN,
+            ),
+            (
+                BuildError::Controller(ControllerError::InternalServerError),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                BuildError::Engine(EngineError::Connect("down".into())),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                BuildError::Engine(EngineError::Registry("unauthorized".into())),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                BuildError::Engine(EngineError::Pull("not found".into())),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(import_failure_status(&error), status, "{error}");
+        }
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"key", b"kex"));
+        assert!(!constant_time_eq(b"key", b"keys"));
     }
 }
