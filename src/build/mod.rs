@@ -105,12 +105,31 @@ impl PushRunner for Pipeline {
         async {
             let started = Instant::now();
             let published = Published::new(self.store.clone());
-            let outcome = tokio::select! {
-                outcome = self.build_and_release(&push, &out, &published) => Some(outcome),
+            let built = tokio::select! {
+                built = self.build(&push, &out, &published) => Some(built),
                 () = cancel.cancelled() => None,
             };
-            match outcome {
-                Some(Ok(version)) => {
+            let artifact = match built {
+                Some(Ok(artifact)) => artifact,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "push rejected");
+                    out.error(format!("Build failed: {error}")).await;
+                    published.roll_back().await;
+                    return Verdict::Reject;
+                }
+                None => {
+                    tracing::warn!(
+                        "push cancelled: the client went away or the server is stopping"
+                    );
+                    published.roll_back().await;
+                    return Verdict::Reject;
+                }
+            };
+            // Not raced against cancellation: once asked, the controller may cut the release
+            // whether or not we wait, and its objects must then stay (the call has a timeout).
+            match self.release(&push, &artifact, &out).await {
+                Ok(version) => {
+                    published.keep();
                     tracing::info!(
                         version,
                         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -118,17 +137,17 @@ impl PushRunner for Pipeline {
                     );
                     Verdict::Accept
                 }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "push rejected");
+                Err(error) => {
+                    tracing::warn!(%error, "release failed");
                     out.error(format!("Build failed: {error}")).await;
-                    published.roll_back().await;
-                    Verdict::Reject
-                }
-                None => {
-                    tracing::warn!(
-                        "push cancelled: the client went away or the server is stopping"
-                    );
-                    published.roll_back().await;
+                    let ambiguous =
+                        matches!(&error, BuildError::Controller(e) if e.is_unreachable());
+                    if ambiguous {
+                        // The controller may have released it: keep what it would point to.
+                        tracing::warn!("release outcome unknown; keeping the build's objects");
+                    } else {
+                        published.roll_back().await;
+                    }
                     Verdict::Reject
                 }
             }
@@ -139,12 +158,13 @@ impl PushRunner for Pipeline {
 }
 
 impl Pipeline {
-    async fn build_and_release(
+    /// Everything up to the release: config, source tarball, and the build itself.
+    async fn build(
         &self,
         push: &Push,
         out: &Output,
         published: &Published,
-    ) -> Result<u64, BuildError> {
+    ) -> Result<Artifact, BuildError> {
         let keys = Keys::new(&push.app, push.commit.short());
         let config = self
             .controller
@@ -164,8 +184,16 @@ impl Pipeline {
             }
             Plan::Dockerfile => self.dockerfile_build(push, &config.values, out).await?,
         };
-
         out.line("Build complete.").await;
+        Ok(artifact)
+    }
+
+    async fn release(
+        &self,
+        push: &Push,
+        artifact: &Artifact,
+        out: &Output,
+    ) -> Result<u64, BuildError> {
         out.line("Launching App...").await;
         let version = self
             .controller
@@ -178,7 +206,6 @@ impl Pipeline {
                 dockerfile: artifact.dockerfile,
             })
             .await?;
-        published.keep();
         out.line(format!("Done, {}:v{version} deployed", push.app))
             .await;
         Ok(version)
