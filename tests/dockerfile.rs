@@ -40,6 +40,15 @@ fn registry_args(registry: &Registry, password: &str) -> Vec<String> {
     ]
 }
 
+/// Runs `image` without network and returns what it printed.
+fn run_image(image: &str) -> String {
+    let run = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", image])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&run.stdout).trim().to_owned()
+}
+
 /// Running containers whose command mentions `text` (the engine's intermediate build containers).
 fn running_with_command(text: &str) -> Vec<String> {
     let out = Command::new("docker")
@@ -125,14 +134,7 @@ fn dockerfile_app_is_built_pushed_and_released() {
         "{}",
         String::from_utf8_lossy(&pull.stderr)
     );
-    let run = Command::new("docker")
-        .args(["run", "--rm", "--network", "none", &reference])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        "Hello from dockerfile-web"
-    );
+    assert_eq!(run_image(&reference), "Hello from dockerfile-web");
     let _ = Command::new("docker").args(["rmi", &reference]).output();
 }
 
@@ -231,14 +233,7 @@ fn build_args_reach_the_build_only_when_enabled() {
         // Without a registry the image stays in the local engine under the app's name.
         .assert_says(&format!("Done, {with_args}:v1 deployed"));
     let local = format!("{with_args}:git-{}", &app.head()[..8]);
-    let run = Command::new("docker")
-        .args(["run", "--rm", "--network", "none", &local])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        "Hello from dockerfile-web"
-    );
+    assert_eq!(run_image(&local), "Hello from dockerfile-web");
     for image in [local, format!("{plain}:git-{}", &app.head()[..8])] {
         let _ = Command::new("docker").args(["rmi", &image]).output();
     }
@@ -366,14 +361,7 @@ fn images_are_imported_by_cli_and_http() {
         .docker(client.path(), &["pull", &reference])
         .status
         .success());
-    let run = Command::new("docker")
-        .args(["run", "--rm", "--network", "none", &reference])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&run.stdout).trim(),
-        "hello from import"
-    );
+    assert_eq!(run_image(&reference), "hello from import");
     let _ = Command::new("docker").args(["rmi", &reference]).output();
 
     // Bad input is refused clearly, by both.

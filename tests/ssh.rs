@@ -135,8 +135,7 @@ fn concurrent_pushes() {
     let second = unique("other");
     let app = App::from_fixture("procfile-wait");
 
-    let mut push_a = app.push_live(&builder, &first, &key);
-    push_a.wait_for("waiting for /tmp/continue");
+    let push_a = app.push_held(&builder, &first, &key);
     // Same app while a push runs: refused at once with a clear message.
     let clash = App::from_fixture("static-site");
     clash
@@ -144,8 +143,7 @@ fn concurrent_pushes() {
         .assert_rejected()
         .assert_says(&format!("another push to {first} is in progress"));
     // Another app builds at the same time.
-    let mut push_b = app.push_live(&builder, &second, &key);
-    push_b.wait_for("waiting for /tmp/continue");
+    let push_b = app.push_held(&builder, &second, &key);
     assert_eq!(containers_of(&first).len(), 1);
     assert_eq!(containers_of(&second).len(), 1);
     release_waiting_build(&first);
@@ -167,8 +165,7 @@ fn killing_the_client_mid_build_cleans_up() {
     let app = App::from_fixture("procfile-wait");
     let name = unique("gone");
 
-    let mut push = app.push_live(&builder, &name, &key);
-    push.wait_for("waiting for /tmp/continue");
+    let push = app.push_held(&builder, &name, &key);
     assert_eq!(containers_of(&name).len(), 1);
     push.kill();
     assert!(
@@ -178,8 +175,7 @@ fn killing_the_client_mid_build_cleans_up() {
     assert!(builder.releases(&name).is_empty());
 
     // The lock is free: the next push runs and succeeds.
-    let mut again = app.push_live(&builder, &name, &key);
-    again.wait_for("waiting for /tmp/continue");
+    let again = app.push_held(&builder, &name, &key);
     release_waiting_build(&name);
     again
         .finish()
@@ -194,8 +190,7 @@ fn a_crashed_builder_sweeps_its_leftovers_on_restart() {
     let app = App::from_fixture("procfile-wait");
     let name = unique("crash");
 
-    let mut push = app.push_live(&builder, &name, &key);
-    push.wait_for("waiting for /tmp/continue");
+    let push = app.push_held(&builder, &name, &key);
     builder.crash_and_restart();
     push.finish().assert_rejected();
     assert!(
@@ -206,8 +201,7 @@ fn a_crashed_builder_sweeps_its_leftovers_on_restart() {
         .log()
         .contains("removed containers left by a previous run"));
 
-    let mut again = app.push_live(&builder, &name, &key);
-    again.wait_for("waiting for /tmp/continue");
+    let again = app.push_held(&builder, &name, &key);
     release_waiting_build(&name);
     again
         .finish()
@@ -279,8 +273,7 @@ fn sigterm_lets_a_running_push_finish() {
     let app = App::from_fixture("procfile-wait");
     let name = unique("graceful");
 
-    let mut push = app.push_live(&builder, &name, &key);
-    push.wait_for("waiting for /tmp/continue");
+    let push = app.push_held(&builder, &name, &key);
     builder.terminate();
     // New connections are refused at once; the running push is not cut.
     assert!(eventually(Duration::from_secs(10), || {

@@ -86,7 +86,7 @@ impl Pipeline {
         if let Some(registry) = &self.settings.registry {
             out.step(format!("Pushing {reference}")).await;
             let auth = registry_auth(registry);
-            let pushed = tokio::time::timeout(
+            let pushed = match tokio::time::timeout(
                 timeout,
                 relay(
                     self.engine.push_image(&repository, &tag, auth.as_ref()),
@@ -95,11 +95,14 @@ impl Pipeline {
                 ),
             )
             .await
-            .map_err(|_| BuildError::Timeout(timeout))?;
+            {
+                Ok(pushed) => pushed.map_err(BuildError::from),
+                Err(_) => Err(BuildError::Timeout(timeout)),
+            };
             if let Err(error) = pushed {
                 // Nothing half-done stays behind: the tag was never published.
                 let _ = self.engine.remove_image(&reference).await;
-                return Err(error.into());
+                return Err(error);
             }
         }
 

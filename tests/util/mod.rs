@@ -500,6 +500,14 @@ impl App {
         }
     }
 
+    /// `git push` of the `procfile-wait` fixture, returned once its build is held open
+    /// (release it with [`release_waiting_build`]).
+    pub fn push_held(&self, builder: &Builder, app: &str, key: &Key) -> LivePush {
+        let mut push = self.push_live(builder, app, key);
+        push.wait_for("waiting for /tmp/continue");
+        push
+    }
+
     /// Refs of the builder's repository, as the client sees them.
     pub fn ls_remote(&self, builder: &Builder, app: &str, key: &Key) -> std::process::Output {
         self.git_command()
