@@ -152,9 +152,44 @@ pub struct ServeArgs {
     #[arg(long, env = "DEIS_REGISTRY_PASSWORD", hide_env_values = true)]
     pub registry_password: Option<String>,
 
-    /// Log format: `human` or `json`.
-    #[arg(long, env = "DEIS_BUILDER_LOG_FORMAT", default_value = "human")]
+    /// Log format: `text` (for people; `human` also works) or `json` (one object a line).
+    #[arg(long, env = "DEIS_BUILDER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+
+    /// Builds that run at once; further pushes wait in line and are told their position.
+    #[arg(long, env = "DEIS_BUILDER_MAX_BUILDS", default_value_t = 8)]
+    pub max_builds: usize,
+
+    /// SSH connections served at once; more are refused until one ends.
+    #[arg(long, env = "DEIS_BUILDER_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
+
+    /// An SSH connection that has not authenticated within this time is dropped, e.g. `30s`.
+    #[arg(long, env = "DEIS_BUILDER_LOGIN_TIMEOUT", default_value = "30s")]
+    pub login_timeout: String,
+
+    /// An SSH connection on which nothing moves for this long is closed, e.g. `10m`. The
+    /// builder's keepalives count while the client answers them, so silent builds are not cut.
+    #[arg(long, env = "DEIS_BUILDER_IDLE_TIMEOUT", default_value = "10m")]
+    pub idle_timeout: String,
+
+    /// Rejected authentication attempts per SSH connection before it is closed.
+    #[arg(long, env = "DEIS_BUILDER_MAX_AUTH_ATTEMPTS", default_value_t = 6)]
+    pub max_auth_attempts: usize,
+
+    /// Most bytes one push may send (the git pack), e.g. `1g`; a bigger push is refused and
+    /// nothing of it is stored.
+    #[arg(long, env = "DEIS_BUILDER_MAX_PUSH_SIZE", default_value = "1g")]
+    pub max_push_size: String,
+
+    /// How long a push waits for another push to the same app to finish, e.g. `5m`; `0`
+    /// refuses it at once.
+    #[arg(long, env = "DEIS_BUILDER_LOCK_WAIT", default_value = "5m")]
+    pub lock_wait: String,
+
+    /// After SIGTERM, how long running builds get to finish before they are cancelled, e.g. `30s`.
+    #[arg(long, env = "DEIS_BUILDER_SHUTDOWN_GRACE", default_value = "30s")]
+    pub shutdown_grace: String,
 }
 
 #[derive(Debug, Args)]

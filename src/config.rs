@@ -21,6 +21,34 @@ fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
+/// A secret setting (the builder key, the registry password). `Debug` and `Display` show
+/// `[redacted]`, so settings can be logged whole; [`Secret::expose`] gives the value to the
+/// one place that sends it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
     Local(PathBuf),
@@ -38,7 +66,7 @@ pub enum ControllerSettings {
     },
     Deis {
         url: String,
-        builder_key: String,
+        builder_key: Secret,
         timeout: Duration,
     },
 }
@@ -65,24 +93,48 @@ pub struct BuildSettings {
     pub slug_max_bytes: u64,
     /// Per-buildpack limit for fetching BUILDPACK_URL / `.buildpacks` entries.
     pub fetch_timeout: Duration,
+    /// Where pushes keep private workspaces (fetched buildpacks, the cache archive):
+    /// `DATA_DIR/tmp`, emptied by the start-up sweep after a crash.
+    pub work_dir: PathBuf,
 }
 
-/// The private registry. `Debug` never shows the password.
+/// The private registry. `Debug` says whether credentials are set, never what they are
+/// (the user name is half of the credential, so it is not shown either).
 #[derive(Clone)]
 pub struct RegistrySettings {
     /// `host:port`
     pub host: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 impl std::fmt::Debug for RegistrySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistrySettings")
             .field("host", &self.host)
-            .field("username", &self.username)
-            .finish_non_exhaustive()
+            .field("username", &self.username.as_ref().map(|_| Secret::new("")))
+            .field("password", &self.password)
+            .finish()
     }
+}
+
+/// Limits of the SSH front door, of pushes and of shutdown.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Builds (and image imports) that run at once; the rest wait in line.
+    pub max_builds: usize,
+    pub max_connections: usize,
+    /// Unauthenticated SSH connections are dropped after this.
+    pub login_timeout: Duration,
+    /// SSH connections with no traffic (keepalive answers included) are closed after this.
+    pub idle_timeout: Duration,
+    pub max_auth_attempts: usize,
+    /// Bytes one `git push` may send.
+    pub max_push_bytes: u64,
+    /// How long a push waits for the app's running push; zero refuses at once.
+    pub lock_wait: Duration,
+    /// How long running builds get after SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -90,13 +142,14 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The shared secret callers of the import endpoint must present (the Deis builder key).
     /// Without one the endpoint is off.
-    pub builder_key: Option<String>,
+    pub builder_key: Option<Secret>,
     pub ssh_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub host_keys: Vec<PathBuf>,
     pub controller: ControllerSettings,
     pub storage: StorageSettings,
     pub build: BuildSettings,
+    pub limits: LimitSettings,
     pub log_format: LogFormat,
 }
 
@@ -134,7 +187,11 @@ impl Settings {
         } else {
             args.host_keys
         };
-        let standalone_key = args.builder_key.clone().filter(|k| !k.trim().is_empty());
+        let standalone_key = args
+            .builder_key
+            .clone()
+            .filter(|k| !k.trim().is_empty())
+            .map(Secret::new);
         let controller = controller_settings(
             args.controller_url,
             args.builder_key,
@@ -174,14 +231,28 @@ impl Settings {
                 "--buildpack-fetch-timeout",
                 &args.buildpack_fetch_timeout,
             )?,
+            work_dir: data_dir.join("tmp"),
+        };
+        let limits = LimitSettings {
+            max_builds: at_least("--max-builds", args.max_builds, 1)?,
+            max_connections: at_least("--max-connections", args.max_connections, 1)?,
+            login_timeout: parse_duration("--login-timeout", &args.login_timeout)?,
+            idle_timeout: parse_duration("--idle-timeout", &args.idle_timeout)?,
+            max_auth_attempts: at_least("--max-auth-attempts", args.max_auth_attempts, 1)?,
+            max_push_bytes: parse_slug_size("--max-push-size", &args.max_push_size)?,
+            lock_wait: match args.lock_wait.trim() {
+                "0" | "0s" => Duration::ZERO,
+                other => parse_duration("--lock-wait", other)?,
+            },
+            shutdown_grace: parse_duration("--shutdown-grace", &args.shutdown_grace)?,
         };
         let log_format = match args.log_format.as_str() {
-            "human" => LogFormat::Human,
+            "text" | "human" => LogFormat::Human,
             "json" => LogFormat::Json,
             other => {
                 return Err(invalid(
                     "--log-format",
-                    format!("{other:?} is neither `human` nor `json`"),
+                    format!("{other:?} is neither `text` nor `json`"),
                 ))
             }
         };
@@ -198,9 +269,69 @@ impl Settings {
             controller,
             storage,
             build,
+            limits,
             log_format,
         })
     }
+}
+
+impl Settings {
+    /// Logs the effective settings at start-up, as one event. Every secret shows as
+    /// `[redacted]` when set (`None` when not); the S3 credentials, which the SDK reads from
+    /// the environment, only say whether they are set.
+    pub fn log_effective(&self) {
+        let s3_credentials = match self.storage {
+            StorageSettings::S3 { .. } => s3_credentials_summary(|name| std::env::var(name).ok()),
+            StorageSettings::Local(_) => "not used".to_owned(),
+        };
+        tracing::info!(
+            data_dir = %self.data_dir.display(),
+            ssh_addr = %self.ssh_addr,
+            http_addr = %self.http_addr,
+            host_keys = ?self.host_keys,
+            controller = ?self.controller,
+            builder_key = ?self.builder_key,
+            storage = ?self.storage,
+            s3_credentials = %s3_credentials,
+            build = ?self.build,
+            limits = ?self.limits,
+            log_format = ?self.log_format,
+            "effective settings"
+        );
+    }
+}
+
+/// Whether a log event may be written whatever `RUST_LOG` says: dependencies that print
+/// credentials in verbose events are capped. The AWS SDK prints the S3 identity (access key
+/// id included) when it resolves an endpoint at debug level and whole signed requests at
+/// trace; HTTP clients print headers (the builder key, registry auth) at trace.
+pub fn log_event_allowed(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let level = *metadata.level();
+    if target.starts_with("aws_smithy_runtime::client::orchestrator::endpoints") {
+        return level <= tracing::Level::INFO;
+    }
+    let chatty = ["aws_", "hyper", "h2", "reqwest", "bollard", "russh"];
+    !(level == tracing::Level::TRACE && chatty.iter().any(|prefix| target.starts_with(prefix)))
+}
+
+/// `AWS_ACCESS_KEY_ID=[redacted] AWS_SECRET_ACCESS_KEY=[redacted] AWS_SESSION_TOKEN unset
+/// region=us-east-1`: whether each credential is set, never its value.
+fn s3_credentials_summary(env: impl Fn(&str) -> Option<String>) -> String {
+    let mut parts: Vec<String> = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ]
+    .iter()
+    .map(|name| match env(name).filter(|v| !v.is_empty()) {
+        Some(_) => format!("{name}=[redacted]"),
+        None => format!("{name} unset"),
+    })
+    .collect();
+    let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
+    parts.push(format!("region={}", region.as_deref().unwrap_or("unset")));
+    parts.join(" ")
 }
 
 fn controller_settings(
@@ -247,7 +378,7 @@ fn controller_settings(
     }
     Ok(ControllerSettings::Deis {
         url,
-        builder_key,
+        builder_key: Secret::new(builder_key),
         timeout: parse_duration("--controller-timeout", timeout)?,
     })
 }
@@ -283,7 +414,7 @@ fn registry_settings(
     Ok(Some(RegistrySettings {
         host,
         username,
-        password,
+        password: password.map(Secret::new),
     }))
 }
 
@@ -343,6 +474,36 @@ fn parse_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigEr
     value
         .parse()
         .map_err(|_| invalid(setting, format!("{value:?} is not an IP:PORT address")))
+}
+
+fn at_least(setting: &'static str, value: usize, min: usize) -> Result<usize, ConfigError> {
+    if value >= min {
+        Ok(value)
+    } else {
+        Err(invalid(setting, format!("must be at least {min}")))
+    }
+}
+
+/// Short human form of a duration, as settings are written: `90s`, `15m`, `2h`.
+pub fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => format!("{}ms", duration.as_millis()),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A byte count as sizes are written in settings: `1g`, `300m`, `512k`, `1000 bytes`.
+pub fn format_size(bytes: u64) -> String {
+    match bytes {
+        0 => "0 bytes".to_owned(),
+        b if b % (1 << 30) == 0 => format!("{}g", b >> 30),
+        b if b % (1 << 20) == 0 => format!("{}m", b >> 20),
+        b if b % (1 << 10) == 0 => format!("{}k", b >> 10),
+        b => format!("{b} bytes"),
+    }
 }
 
 /// `90`, `90s`, `15m`, `2h`.
@@ -459,6 +620,24 @@ mod tests {
         assert_eq!(s.build.memory_bytes, 2 << 30);
         assert_eq!(s.build.slug_warn_bytes, 300 << 20);
         assert_eq!(s.build.slug_max_bytes, 500 << 20);
+        assert_eq!(s.limits.max_builds, 8);
+        assert_eq!(s.limits.max_connections, 256);
+        assert_eq!(s.limits.login_timeout, Duration::from_secs(30));
+        assert_eq!(s.limits.max_push_bytes, 1 << 30);
+        assert_eq!(s.limits.lock_wait, Duration::from_secs(300));
+        assert_eq!(s.limits.shutdown_grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn lock_wait_may_be_zero() {
+        let s = settings(&["--lock-wait", "0"], &[]).unwrap();
+        assert_eq!(s.limits.lock_wait, Duration::ZERO);
+        assert_eq!(format_duration(Duration::from_secs(300)), "5m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(format_size(1 << 30), "1g");
+        assert_eq!(format_size(3 << 19), "1536k");
+        assert_eq!(format_size(1000), "1000 bytes");
     }
 
     #[test]
@@ -481,6 +660,47 @@ mod tests {
     }
 
     #[test]
+    fn secrets_never_show_in_debug_output() {
+        let env = [("DEIS_REGISTRY_SERVICE_HOST", "10.0.0.2")];
+        let s = settings(
+            &[
+                "--controller-url",
+                "http://c:8000",
+                "--builder-key",
+                "builder-key-SECRET-1",
+                "--registry-username",
+                "registry-user-SECRET-2",
+                "--registry-password",
+                "registry-password-SECRET-3",
+            ],
+            &env,
+        )
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("builder_key: Some([redacted])"), "{shown}");
+        assert!(shown.contains("password: Some([redacted])"), "{shown}");
+        assert!(shown.contains("10.0.0.2:5000"), "{shown}");
+        let ControllerSettings::Deis { builder_key, .. } = &s.controller else {
+            panic!("not a Deis controller")
+        };
+        assert_eq!(builder_key.expose(), "builder-key-SECRET-1");
+        assert_eq!(format!("{builder_key}"), "[redacted]");
+
+        let summary = s3_credentials_summary(|name| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKIA-SECRET".into()),
+            "AWS_SECRET_ACCESS_KEY" => Some("very-SECRET".into()),
+            "AWS_REGION" => Some("eu-west-1".into()),
+            _ => None,
+        });
+        assert_eq!(
+            summary,
+            "AWS_ACCESS_KEY_ID=[redacted] AWS_SECRET_ACCESS_KEY=[redacted] \
+             AWS_SESSION_TOKEN unset region=eu-west-1"
+        );
+    }
+
+    #[test]
     fn errors_name_the_setting() {
         for (args, setting) in [
             (&["--ssh-addr", "nope"][..], "--ssh-addr"),
@@ -494,6 +714,11 @@ mod tests {
             (&["--build-timeout", "soon"][..], "--build-timeout"),
             (&["--build-memory", "1k"][..], "--build-memory"),
             (&["--log-format", "xml"][..], "--log-format"),
+            (&["--max-builds", "0"][..], "--max-builds"),
+            (&["--login-timeout", "0"][..], "--login-timeout"),
+            (&["--max-push-size", "big"][..], "--max-push-size"),
+            (&["--lock-wait", "later"][..], "--lock-wait"),
+            (&["--shutdown-grace", "0"][..], "--shutdown-grace"),
             (&["--slug-max-size", "lots"][..], "--slug-max-size"),
             (
                 &["--buildpack-fetch-timeout", "0"][..],

@@ -233,9 +233,61 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// Picks the commit to deploy from a pre-receive hook's ref updates (`<old> <new> <ref>`
+/// lines). Only master and main deploy, one of them per push, and never a deletion.
+pub fn select_commit(updates: &[String]) -> Result<CommitId, String> {
+    let mut selected = None;
+    for line in updates {
+        let mut parts = line.split(' ');
+        let (Some(_old), Some(new), Some(refname), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("malformed ref update {:?}", printable(line)));
+        };
+        let new = CommitId::parse(new).map_err(|e| e.to_string())?;
+        let branch = refname.strip_prefix("refs/heads/");
+        if new.is_zero() {
+            return Err(format!(
+                "deleting {} is not allowed here",
+                printable(branch.unwrap_or(refname))
+            ));
+        }
+        match branch {
+            Some("master" | "main") => {
+                if selected.is_some() {
+                    return Err("push master or main, not both at once".into());
+                }
+                selected = Some(new);
+            }
+            Some(other) => {
+                return Err(format!(
+                    "only the master or main branch deploys, not {}. To deploy it, run: git push deis HEAD:master",
+                    printable(other)
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "only branches deploy, not {}. To deploy, run: git push deis HEAD:master",
+                    printable(refname)
+                ))
+            }
+        }
+    }
+    selected.ok_or_else(|| "nothing to deploy in this push".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ref_errors_quote_untrusted_names_printably() {
+        // Found by the `names` fuzz target: a deletion's message quoted the ref raw.
+        let zero = "0".repeat(40);
+        let line = format!("{zero} {zero} \u{7f}refs/x");
+        let err = select_commit(&[line]).unwrap_err();
+        assert!(!err.chars().any(char::is_control), "{err:?}");
+    }
 
     #[test]
     fn app_names() {

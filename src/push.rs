@@ -18,6 +18,8 @@ pub struct Push {
     pub commit: CommitId,
     /// Read access to the pushed tree (it still sits in git's quarantine).
     pub source: Source,
+    /// When `git receive-pack` was started for this push: the receive stage is logged.
+    pub receive_started: std::time::Instant,
 }
 
 /// Whether the push may land. The pipeline has already written the reason to the output.

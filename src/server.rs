@@ -2,6 +2,7 @@
 //! the listeners, sweeps what a previous run left behind, and stops cleanly on a signal.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,19 +11,18 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::build::queue::BuildQueue;
 use crate::build::{ImportRequest, Pipeline};
 use crate::cli::ImportArgs;
 use crate::config::{ControllerSettings, Settings, StorageSettings};
 use crate::controller::{Controller, DeisController, StandaloneController};
 use crate::engine::Engine;
-use crate::git::GitServer;
+use crate::git::{GitServer, PushLimits};
 use crate::names::{AppName, ImageRef};
 use crate::slug::ProcessTypes;
 use crate::ssh::SshServer;
 use crate::storage::{LocalStore, ObjectStore, S3Settings, S3Store};
 
-/// How long running pushes get to finish after SIGTERM before they are cancelled.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long cancelled pushes get to clean up after the grace period.
 const CLEANUP_GRACE: Duration = Duration::from_secs(15);
 
@@ -35,13 +35,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve data dir {}", settings.data_dir.display()))?;
 
     let (controller, store, engine) = services(&settings, &data_dir).await?;
-    let swept = engine
-        .sweep()
-        .await
-        .context("sweeping leftover containers")?;
-    if !swept.is_empty() {
-        tracing::warn!(count = swept.len(), containers = ?swept, "removed containers left by a previous run");
-    }
+    sweep_leftovers(&settings, &data_dir, &engine).await?;
+    let final_engine = engine.clone();
 
     let default_key = settings.host_keys == [settings.data_dir.join("ssh_host_ed25519_key")];
     let host_keys = crate::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
@@ -74,6 +69,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let stop_accepting = CancellationToken::new();
     let abort = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let limits = &settings.limits;
+    let git = git
+        .with_limits(PushLimits {
+            max_push_bytes: limits.max_push_bytes,
+            lock_wait: limits.lock_wait,
+        })
+        .with_shutdown(stop_accepting.clone(), abort.clone());
+    let builds = BuildQueue::new(limits.max_builds);
 
     tracing::info!(
         ssh = %crate::ssh::describe_listener(ssh_listener.local_addr()?),
@@ -86,34 +89,45 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
 
     let ssh = SshServer {
-        config: Arc::new(crate::ssh::server_config(host_keys)),
+        config: Arc::new(crate::ssh::server_config(host_keys, limits)),
         controller: controller.clone(),
         git: git.clone(),
+        max_connections: limits.max_connections,
+        login_timeout: limits.login_timeout,
     };
+    // Health reports SSH down once the accept loop has stopped (shutdown, or a failure).
+    let ssh_listening = Arc::new(AtomicBool::new(true));
     let health = crate::http::Health {
         store,
         engine,
         controller,
+        ssh_listening: ssh_listening.clone(),
     };
     let imports = crate::http::Imports {
         pipeline: pipeline.clone(),
         locks: git.locks().clone(),
-        builder_key: settings.builder_key.clone(),
+        builds: builds.clone(),
+        builder_key: settings
+            .builder_key
+            .as_ref()
+            .map(|key| key.expose().to_owned()),
     };
-    // The hook socket stays open through the grace period: running pushes still need it.
+    // The hook socket stays open until the end: running pushes still need it, and pushes
+    // that arrive during shutdown are told the builder is restarting.
+    let close_hooks = CancellationToken::new();
     let hooks = tokio::spawn(crate::git::hook::serve(
         hook_listener,
         git,
         pipeline,
-        abort.clone(),
+        builds,
+        close_hooks.clone(),
         tracker.clone(),
     ));
-    tracker.spawn(ssh.run(
-        ssh_listener,
-        stop_accepting.clone(),
-        abort.clone(),
-        tracker.clone(),
-    ));
+    let accept_loop = ssh.run(ssh_listener, stop_accepting.clone(), tracker.clone());
+    tracker.spawn(async move {
+        accept_loop.await;
+        ssh_listening.store(false, Ordering::Relaxed);
+    });
     let http = tokio::spawn(crate::http::serve(
         http_listener,
         health,
@@ -122,21 +136,101 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
 
     wait_for_signal().await;
-    tracing::info!("shutting down: no new connections; running pushes get {SHUTDOWN_GRACE:?}");
+    let grace = limits.shutdown_grace;
+    tracing::info!("shutting down: no new connections; running pushes get {grace:?}");
     stop_accepting.cancel();
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("grace period over; cancelling the remaining pushes");
         abort.cancel();
         // Cancelled builds remove their containers and roll back their objects.
         let _ = tokio::time::timeout(CLEANUP_GRACE, tracker.wait()).await;
     }
     abort.cancel();
+    close_hooks.cancel();
     let _ = hooks.await;
     let _ = http.await;
+    sweep_on_exit(&final_engine).await;
+    Ok(())
+}
+
+/// Cancelled builds remove their containers from a background task; the process must not
+/// exit under it. Sweeping our label until nothing is left (a removal already under way
+/// answers 409 until it is done) is also the backstop for any removal that failed.
+async fn sweep_on_exit(engine: &Engine) {
+    let deadline = tokio::time::Instant::now() + CLEANUP_GRACE;
+    loop {
+        match engine.sweep().await {
+            Ok(removed) if removed.is_empty() => return,
+            Ok(removed) => {
+                tracing::info!(count = removed.len(), containers = ?removed, "removed build containers on shutdown");
+            }
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(%error, "cannot sweep build containers on shutdown");
+                return;
+            }
+            Err(error) => tracing::debug!(%error, "build containers still being removed"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("build containers still there at exit");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Removes what a killed previous run left: its containers and untagged images (by the
+/// instance label), and on disk git quarantines, git lock files and temp files. Logs one
+/// event per kind with the count. Per-app push locks live in memory: none can be stale.
+async fn sweep_leftovers(
+    settings: &Settings,
+    data_dir: &Path,
+    engine: &Engine,
+) -> anyhow::Result<()> {
+    let containers = engine
+        .sweep()
+        .await
+        .context("sweeping leftover containers")?;
+    crate::metrics::containers_swept(containers.len());
+    if !containers.is_empty() {
+        tracing::warn!(kind = "containers", count = containers.len(), ids = ?containers, "removed containers left by a previous run");
+    }
+    // Images are a nicety: an engine that cannot list them must not stop the start.
+    match engine.sweep_images().await {
+        Ok(images) => {
+            crate::metrics::images_swept(images.len());
+            if !images.is_empty() {
+                tracing::warn!(kind = "images", count = images.len(), ids = ?images, "removed images left by a previous run");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot sweep leftover images"),
+    }
+    let storage_temp = match &settings.storage {
+        StorageSettings::Local(dir) => dir
+            .canonicalize()
+            .ok()
+            .filter(|dir| dir.starts_with(data_dir))
+            .map(|dir| dir.join(crate::storage::LOCAL_TEMP_DIR)),
+        StorageSettings::S3 { .. } => None,
+    };
+    let (data, work) = (data_dir.to_owned(), settings.build.work_dir.clone());
+    let disk = tokio::task::spawn_blocking(move || {
+        crate::sweep::sweep_data_dir(&data, &work, storage_temp.as_deref())
+    })
+    .await
+    .context("start-up sweep")?;
+    let kinds = [
+        ("git quarantine dirs", disk.quarantine_dirs),
+        ("git lock files", disk.git_lock_files),
+        ("git temp files", disk.git_temp_files),
+        ("push workspaces", disk.workspaces),
+        ("storage temp files", disk.storage_temp_files),
+    ];
+    for (kind, count) in kinds {
+        if count > 0 {
+            tracing::warn!(kind, count, "removed {kind} left by a previous run");
+        }
+    }
     Ok(())
 }
 
@@ -178,7 +272,7 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
             None => ProcessTypes::default(),
         },
         source_credentials: match (args.source_username, args.source_password) {
-            (Some(user), Some(password)) => Some((user, password)),
+            (Some(user), Some(password)) => Some((user, crate::config::Secret::new(password))),
             (None, None) => None,
             _ => anyhow::bail!("give both --source-username and --source-password, or neither"),
         },
@@ -214,9 +308,10 @@ fn controller(settings: &Settings, data_dir: &Path) -> anyhow::Result<Arc<dyn Co
             url,
             builder_key,
             timeout,
-        } => {
-            Arc::new(DeisController::new(url, builder_key.clone(), *timeout).context("controller")?)
-        }
+        } => Arc::new(
+            DeisController::new(url, builder_key.expose().to_owned(), *timeout)
+                .context("controller")?,
+        ),
     })
 }
 

@@ -12,23 +12,6 @@ use util::*;
 const USER: &str = "builder";
 const PASSWORD: &str = "s3cret-registry";
 
-/// The dockerfile-web fixture, built FROM the stack image under test.
-fn dockerfile_app() -> App {
-    let app = App::from_fixture("dockerfile-web");
-    let path = app.dir.path().join("Dockerfile");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replace(
-        "FROM deis-builder/stack:bookworm",
-        &format!("FROM {}", stack_image()),
-    );
-    std::fs::write(&path, text).unwrap();
-    // Unique content, so the engine's layer cache cannot skip the steps a test watches.
-    std::fs::write(app.dir.path().join("build-id"), unique("build")).unwrap();
-    app.git(&["add", "-A"]);
-    app.git(&["commit", "-q", "-m", "use the stack image under test"]);
-    app
-}
-
 fn registry_args(registry: &Registry, password: &str) -> Vec<String> {
     vec![
         "--registry".into(),
@@ -91,7 +74,7 @@ fn dockerfile_app_is_built_pushed_and_released() {
         extra_args: registry_args(&registry, PASSWORD),
         ..Default::default()
     });
-    let app = dockerfile_app();
+    let app = App::dockerfile_on_stack();
     let sha = app.commit_file("hold", "hold the build until the test says go\n");
 
     let mut push = app.push_live(&builder, &name, &key);
@@ -148,7 +131,7 @@ fn a_failing_build_step_rejects_the_push() {
     });
     let name = unique("dfail");
     let token = unique("failing-step");
-    let app = dockerfile_app();
+    let app = App::dockerfile_on_stack();
     app.commit_file(
         "Dockerfile",
         &format!(
@@ -175,7 +158,7 @@ fn a_missing_base_image_is_named() {
     require_services!();
     let (builder, key) = Builder::with_developer();
     let name = unique("nobase");
-    let app = dockerfile_app();
+    let app = App::dockerfile_on_stack();
     app.commit_file(
         "Dockerfile",
         "FROM deis-builder/does-not-exist:1\nRUN true\n",
@@ -195,7 +178,7 @@ fn a_wrong_registry_password_rejects_the_push() {
         ..Default::default()
     });
     let name = unique("badauth");
-    let pushed = dockerfile_app().push(&builder, &name, &key);
+    let pushed = App::dockerfile_on_stack().push(&builder, &name, &key);
     pushed
         .assert_rejected()
         .assert_says("the registry refused the image");
@@ -213,7 +196,7 @@ fn a_wrong_registry_password_rejects_the_push() {
 fn build_args_reach_the_build_only_when_enabled() {
     require_services!();
     let (builder, key) = Builder::with_developer();
-    let app = dockerfile_app();
+    let app = App::dockerfile_on_stack();
 
     let plain = unique("noargs");
     write_config(&builder, &plain, json!({"GREETING": "hello"}));

@@ -136,12 +136,13 @@ fn concurrent_pushes() {
     let app = App::from_fixture("procfile-wait");
 
     let push_a = app.push_held(&builder, &first, &key);
-    // Same app while a push runs: refused at once with a clear message.
-    let clash = App::from_fixture("static-site");
-    clash
-        .push(&builder, &first, &key)
-        .assert_rejected()
-        .assert_says(&format!("another push to {first} is in progress"));
+    // Same app while a push runs: it waits (the lock wait, 5 minutes by default), says so,
+    // and lands after the running one. `tests/limits.rs` covers giving up.
+    app.commit_file("NEXT", "next\n");
+    let mut clash = app.push_live(&builder, &first, &key);
+    clash.wait_for(&format!(
+        "Another push to {first} is in progress; waiting up to 5m"
+    ));
     // Another app builds at the same time.
     let push_b = app.push_held(&builder, &second, &key);
     assert_eq!(containers_of(&first).len(), 1);
@@ -156,6 +157,12 @@ fn concurrent_pushes() {
         .finish()
         .assert_ok()
         .assert_says(&format!("Done, {second}:v1 deployed"));
+    clash.wait_for("waiting for /tmp/continue");
+    release_waiting_build(&first);
+    clash
+        .finish()
+        .assert_ok()
+        .assert_says(&format!("Done, {first}:v2 deployed"));
 }
 
 #[test]

@@ -16,8 +16,9 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use super::cache::{self, Restore, RestoredCache, Saved};
 use super::fetch::{self, BuildpackUrl, FetchedBuildpack, Fetcher, UrlKind, Workspace};
 use super::redact::Redactor;
+use super::timing::{Stage, StageTimes};
 use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published, STACK};
-use crate::engine::{BuildContainer, BuildContainerSpec};
+use crate::engine::{BuildContainer, BuildContainerSpec, EngineError};
 use crate::pipe::ByteStream;
 use crate::push::{Output, Push};
 use crate::slug::{self, PackOptions, ProcessTypes, SlugIgnore};
@@ -52,7 +53,9 @@ impl Pipeline {
         out: &Output,
         published: &Published,
         keys: &Keys,
+        times: &StageTimes,
     ) -> Result<Artifact, BuildError> {
+        let prepare_started = std::time::Instant::now();
         let ignore = match push
             .source
             .read_file(&push.commit, ".slugignore", MAX_SLUGIGNORE)
@@ -66,14 +69,11 @@ impl Pipeline {
         }
 
         // Removed (with everything fetched or downloaded into it) when the build ends.
-        let workspace = Workspace::create(&push.id)?;
+        let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
         let ssh_key = config
             .get(SSH_KEY)
             .map(|value| input::decode_ssh_key(value));
-        let redactor = match (config.get(SSH_KEY), &ssh_key) {
-            (Some(value), Some(decoded)) => Redactor::for_ssh_key(value, decoded),
-            _ => Redactor::default(),
-        };
+        let redactor = Redactor::for_build(config, ssh_key.as_deref(), &self.own_secrets());
         let buildpacks = self
             .fetch_buildpacks(push, config, ssh_key.clone(), &workspace, out)
             .await?;
@@ -90,33 +90,52 @@ impl Pipeline {
             .await;
             None
         };
+        times.add(Stage::Prepare, prepare_started.elapsed());
 
-        let container = self
-            .engine
-            .create_build_container(&self.container_spec(push, buildpacks.as_deref()))
+        let container = times
+            .time(
+                Stage::Container,
+                self.engine
+                    .create_build_container(&self.container_spec(push, buildpacks.as_deref())),
+            )
             .await?;
         let inputs = BuildInputs {
             cache: restored.as_ref().map(|r| r.path.clone()),
             buildpacks,
             ssh_key,
         };
-        let built = self
-            .compile(&container, push, config, inputs, out, redactor)
+        let started = times
+            .time(
+                Stage::Container,
+                Self::copy_in_and_start(&container, push, config, inputs),
+            )
             .await;
+        let built = match started {
+            Ok(()) => {
+                times
+                    .time(Stage::Compile, self.compile(&container, out, redactor))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
         let packed = match built {
             Ok(()) => {
                 if cache_enabled {
                     let previous = restored.as_ref().map(|r| r.sha256.as_str());
-                    self.save_cache(push, &container, previous, &workspace, out)
+                    times
+                        .time(
+                            Stage::Cache,
+                            self.save_cache(push, &container, previous, &workspace, out),
+                        )
                         .await;
                 }
-                self.pack_and_store(&container, ignore, keys, published)
+                self.pack_and_store(&container, ignore, keys, published, times)
                     .await
             }
             Err(error) => Err(error),
         };
         // Removed on every path; on cancellation the container's drop removes it instead.
-        if let Err(error) = container.remove().await {
+        if let Err(error) = times.time(Stage::Cleanup, container.remove()).await {
             tracing::error!(%error, "cannot remove build container");
         }
         let packed = packed?;
@@ -139,8 +158,11 @@ impl Pipeline {
             .await;
         }
         let procfile = types.to_procfile();
-        published
-            .put(&keys.procfile, &mut procfile.as_bytes())
+        times
+            .time(
+                Stage::Upload,
+                published.put(&keys.procfile, &mut procfile.as_bytes()),
+            )
             .await?;
         Ok(Artifact {
             image: keys.slug.clone(),
@@ -281,16 +303,12 @@ impl Pipeline {
         }
     }
 
-    /// Copies the input in, runs the driver with its output streamed live (secrets
-    /// redacted), waits for it.
-    async fn compile(
-        &self,
+    /// Copies the input (source, config, cache, buildpacks) in and starts the driver.
+    async fn copy_in_and_start(
         container: &BuildContainer,
         push: &Push,
         config: &BTreeMap<String, String>,
         inputs: BuildInputs,
-        out: &Output,
-        mut redactor: Redactor,
     ) -> Result<(), BuildError> {
         let source = push.source.archive(&push.commit)?;
         let config = config.clone();
@@ -305,6 +323,16 @@ impl Pipeline {
             }))
             .await?;
         container.start().await?;
+        Ok(())
+    }
+
+    /// Streams the driver's output live (secrets redacted) and waits for it to exit.
+    async fn compile(
+        &self,
+        container: &BuildContainer,
+        out: &Output,
+        mut redactor: Redactor,
+    ) -> Result<(), BuildError> {
         let relay = async {
             let mut output = std::pin::pin!(container.output());
             while let Some(chunk) = output.next().await {
@@ -330,6 +358,14 @@ impl Pipeline {
         match code {
             0 => Ok(()),
             2 => Err(BuildError::NoBuildpack),
+            // Killed by a signal we did not send: if the engine is gone, it stopped (and
+            // took the build with it); say so rather than blame the build.
+            code if code > 128 && self.engine.ping().await.is_err() => {
+                Err(EngineError::Connect(format!(
+                    "the engine stopped during the build, which was killed (exit status {code})"
+                ))
+                .into())
+            }
             code => Err(BuildError::BuildFailed(code)),
         }
     }
@@ -343,7 +379,9 @@ impl Pipeline {
         ignore: SlugIgnore,
         keys: &Keys,
         published: &Published,
+        times: &StageTimes,
     ) -> Result<slug::PackedSlug, BuildError> {
+        let pack_started = std::time::Instant::now();
         let download: ByteStream = Box::pin(container.download("/app"));
         let app_tree = SyncIoBridge::new(StreamReader::new(download));
         let (mut writer, slug_stream) = crate::pipe::pipe(8);
@@ -352,7 +390,7 @@ impl Pipeline {
                 strip_prefix: "app/",
                 ignore: &ignore,
             };
-            match slug::pack(app_tree, &mut writer, &options) {
+            let packed = match slug::pack(app_tree, &mut writer, &options) {
                 Ok(packed) => writer
                     .finish()
                     .map(|()| packed)
@@ -361,7 +399,8 @@ impl Pipeline {
                     writer.fail(io::Error::other(error.to_string()));
                     Err(error)
                 }
-            }
+            };
+            (packed, std::time::Instant::now())
         });
         let mut body = SizeLimit {
             inner: StreamReader::new(slug_stream),
@@ -377,9 +416,14 @@ impl Pipeline {
         // After a failed upload nobody reads the pipe any more: dropping it makes the
         // packer's next write fail instead of blocking forever on a full pipe.
         drop(body);
-        let packed = packer
+        let (packed, packer_done) = packer
             .await
             .map_err(|e| io::Error::other(format!("slug packer crashed: {e}")))?;
+        times.add(
+            Stage::Pack,
+            packer_done.saturating_duration_since(pack_started),
+        );
+        times.add(Stage::Upload, packer_done.elapsed());
         // An upload error wins over the packer's (which only says the pipe closed); an
         // oversize slug is reported below with its full size.
         if let (Err(error), false) = (stored, exceeded) {
@@ -393,6 +437,7 @@ impl Pipeline {
             });
         }
         tracing::info!(sha256 = %packed.sha256, bytes = packed.compressed_bytes, "slug stored");
+        crate::metrics::slug_stored(packed.compressed_bytes);
         Ok(packed)
     }
 }

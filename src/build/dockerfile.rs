@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures_util::{Stream, StreamExt};
 
-use super::{blocking_writer, input, Artifact, BuildError, Pipeline};
+use super::redact::Redactor;
+use super::{blocking_writer, input, Artifact, BuildError, Pipeline, Published, PublishedImage};
 use crate::config::RegistrySettings;
-use crate::engine::{EngineError, ImageBuild, RegistryAuth};
+use crate::engine::{EngineError, ImageBuild, RegistryApi, RegistryAuth};
 use crate::push::{Output, Push};
 use crate::slug::{self, ProcessTypes, SlugIgnore};
 
@@ -23,6 +24,7 @@ impl Pipeline {
         push: &Push,
         config: &BTreeMap<String, String>,
         out: &Output,
+        published: &Published,
     ) -> Result<Artifact, BuildError> {
         let ignore = match push
             .source
@@ -42,7 +44,7 @@ impl Pipeline {
             .await;
 
         let repository = image_repository(self.settings.registry.as_ref(), push.app.as_str());
-        let tag = format!("git-{}", push.commit.short());
+        let tag = self.image_tag(push, &repository).await;
         let reference = format!("{repository}:{tag}");
         let build_args = if enabled(config.get(BUILD_ARGS_SETTING)) {
             config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -69,11 +71,22 @@ impl Pipeline {
         let timeout = self.settings.timeout;
         let built = tokio::time::timeout(
             timeout,
-            relay(self.engine.build_image(context, &spec), out, false),
+            relay_redacted(
+                self.engine.build_image(context, &spec),
+                out,
+                Redactor::for_build(config, None, &self.own_secrets()),
+            ),
         )
         .await
         .map_err(|_| BuildError::Timeout(timeout))?;
         if let Err(error) = built {
+            // A step killed because the engine went away is the engine's fault: say so.
+            if self.engine.ping().await.is_err() {
+                return Err(EngineError::Connect(format!(
+                    "the engine stopped during the build ({error})"
+                ))
+                .into());
+            }
             return Err(match (&error, missing_bases.as_slice()) {
                 (EngineError::BuildFailed(_), [first, ..]) => BuildError::MissingBaseImage {
                     image: first.clone(),
@@ -82,10 +95,25 @@ impl Pipeline {
                 _ => error.into(),
             });
         }
+        // The tag did not exist before this push (see `image_tag`): it goes if the push fails.
+        published.image(PublishedImage {
+            reference: reference.clone(),
+            registry: None,
+        });
 
         if let Some(registry) = &self.settings.registry {
             out.step(format!("Pushing {reference}")).await;
             let auth = registry_auth(registry);
+            // Recorded before the push: a push that fails half-way may still have put the
+            // manifest (the last step), and rolling back an absent tag is a no-op.
+            published.image(PublishedImage {
+                reference: reference.clone(),
+                registry: Some((
+                    RegistryApi::new(&registry.host, auth.clone())?,
+                    push.app.to_string(),
+                    tag.clone(),
+                )),
+            });
             let pushed = match tokio::time::timeout(
                 timeout,
                 relay(
@@ -99,11 +127,8 @@ impl Pipeline {
                 Ok(pushed) => pushed.map_err(BuildError::from),
                 Err(_) => Err(BuildError::Timeout(timeout)),
             };
-            if let Err(error) = pushed {
-                // Nothing half-done stays behind: the tag was never published.
-                let _ = self.engine.remove_image(&reference).await;
-                return Err(error);
-            }
+            // On error the local tag (and a registry tag, should one exist) is rolled back.
+            pushed?;
         }
 
         let process_types = match push
@@ -127,6 +152,35 @@ impl Pipeline {
             process_types,
             dockerfile: true,
         })
+    }
+
+    /// `git-<sha8>` for the first image of a commit; `git-<sha8>-<push id>` when that tag
+    /// already exists (locally or in the registry, where a release may use it) or cannot be
+    /// checked, so a tag is never moved to another image (write-once).
+    async fn image_tag(&self, push: &Push, repository: &str) -> String {
+        let first = format!("git-{}", push.commit.short());
+        let local = self
+            .engine
+            .image_id(&format!("{repository}:{first}"))
+            .await
+            .is_ok();
+        let in_registry = match &self.settings.registry {
+            None => Ok(false),
+            Some(registry) => self
+                .engine
+                .registry_digest(repository, &first, registry_auth(registry).as_ref())
+                .await
+                .map(|digest| digest.is_some()),
+        };
+        match (local, in_registry) {
+            (false, Ok(false)) => first,
+            (_, checked) => {
+                if let Err(error) = checked {
+                    tracing::warn!(%error, "cannot tell whether {first} exists; using a tag of this push");
+                }
+                format!("{first}-{}", push.id)
+            }
+        }
     }
 
     /// Base images the Dockerfile names that the engine does not have; used to explain a
@@ -171,7 +225,7 @@ pub(super) fn registry_auth(registry: &RegistrySettings) -> Option<RegistryAuth>
         (Some(username), Some(password)) => Some(RegistryAuth {
             server: registry.host.clone(),
             username: username.clone(),
-            password: password.clone(),
+            password: password.expose().to_owned(),
         }),
         _ => None,
     }
@@ -203,6 +257,35 @@ pub(super) async fn relay(
         }
     }
     Ok(())
+}
+
+/// [`relay`] for build steps, which may print config (build args): secrets are hidden.
+async fn relay_redacted(
+    stream: impl Stream<Item = Result<String, EngineError>>,
+    out: &Output,
+    mut redactor: Redactor,
+) -> Result<(), EngineError> {
+    let mut stream = std::pin::pin!(stream);
+    let mut result = Ok(());
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(text) => {
+                let shown = redactor.push(text.as_bytes());
+                if !shown.is_empty() {
+                    out.bytes(bytes::Bytes::from(shown)).await;
+                }
+            }
+            Err(error) => {
+                result = Err(error);
+                break;
+            }
+        }
+    }
+    let rest = redactor.finish();
+    if !rest.is_empty() {
+        out.bytes(bytes::Bytes::from(rest)).await;
+    }
+    result
 }
 
 #[cfg(test)]

@@ -219,7 +219,8 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn create(push_id: &str) -> std::io::Result<Workspace> {
+    /// A new directory under `parent` (created if missing).
+    pub fn create(parent: &Path, push_id: &str) -> std::io::Result<Workspace> {
         use std::os::unix::fs::DirBuilderExt;
         let suffix: u64 = rand::random();
         let safe_id: String = push_id
@@ -227,7 +228,12 @@ impl Workspace {
             .filter(char::is_ascii_alphanumeric)
             .take(32)
             .collect();
-        let path = std::env::temp_dir().join(format!("deis-builder-{safe_id}-{suffix:016x}"));
+        let path = parent.join(format!("push-{safe_id}-{suffix:016x}"));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(parent)?;
+        // Not recursive: the push's own directory must be new.
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Workspace { path })
     }

@@ -2,9 +2,9 @@
 //! repository under a content-derived tag, pushed to the private registry and released.
 
 use super::dockerfile::{image_repository, registry_auth, relay};
-use super::{BuildError, Pipeline};
+use super::{BuildError, Pipeline, Published, PublishedImage};
 use crate::controller::BuildHook;
-use crate::engine::RegistryAuth;
+use crate::engine::{RegistryApi, RegistryAuth};
 use crate::names::{AppName, ImageRef};
 use crate::push::Output;
 use crate::slug::ProcessTypes;
@@ -15,8 +15,9 @@ pub struct ImportRequest {
     pub image: ImageRef,
     pub user: String,
     pub process_types: ProcessTypes,
-    /// User name and password for the registry the image comes from.
-    pub source_credentials: Option<(String, String)>,
+    /// User name and password for the registry the image comes from (`Debug` hides the
+    /// password).
+    pub source_credentials: Option<(String, crate::config::Secret)>,
 }
 
 /// A finished import.
@@ -40,7 +41,7 @@ impl Pipeline {
             .map(|(username, password)| RegistryAuth {
                 server: image.registry().unwrap_or("docker.io").to_owned(),
                 username: username.clone(),
-                password: password.clone(),
+                password: password.expose().to_owned(),
             });
         relay(
             self.engine.pull_image(image, source_auth.as_ref()),
@@ -58,12 +59,65 @@ impl Pipeline {
         let tag = format!("import-{}", hex.get(..12).unwrap_or(hex));
         let repository = image_repository(self.settings.registry.as_ref(), request.app.as_str());
         let reference = format!("{repository}:{tag}");
-        self.engine.tag_image(&pulled, &repository, &tag).await?;
+        // The same image always gets the same tag, so an existing tag already names exactly
+        // this image; only tags this import creates are removed if it fails.
+        let published = Published::new(self.store.clone(), self.engine.clone());
+        let imported = self
+            .tag_push_release(request, &published, &pulled, hex, (&repository, &tag), out)
+            .await;
+        match &imported {
+            Ok(_) => published.keep(),
+            Err(BuildError::Controller(error)) if error.is_unreachable() => {
+                tracing::warn!("release outcome unknown; keeping the imported image");
+            }
+            Err(_) => published.roll_back().await,
+        }
+        let version = imported?;
+        Ok(Imported {
+            version,
+            image: reference,
+        })
+    }
+
+    async fn tag_push_release(
+        &self,
+        request: &ImportRequest,
+        published: &Published,
+        pulled: &str,
+        hex: &str,
+        (repository, tag): (&str, &str),
+        out: &Output,
+    ) -> Result<u64, BuildError> {
+        let reference = format!("{repository}:{tag}");
+        if self.engine.image_id(&reference).await.is_err() {
+            self.engine.tag_image(pulled, repository, tag).await?;
+            published.image(PublishedImage {
+                reference: reference.clone(),
+                registry: None,
+            });
+        }
         if let Some(registry) = &self.settings.registry {
+            let auth = registry_auth(registry);
+            let existed = self
+                .engine
+                .registry_digest(repository, tag, auth.as_ref())
+                .await
+                .map(|digest| digest.is_some())
+                // Unknown: treat as existing, so a rollback never deletes what it did not make.
+                .unwrap_or(true);
+            if !existed {
+                published.image(PublishedImage {
+                    reference: reference.clone(),
+                    registry: Some((
+                        RegistryApi::new(&registry.host, auth.clone())?,
+                        request.app.to_string(),
+                        tag.to_owned(),
+                    )),
+                });
+            }
             out.step(format!("Pushing {reference}")).await;
             relay(
-                self.engine
-                    .push_image(&repository, &tag, registry_auth(registry).as_ref()),
+                self.engine.push_image(repository, tag, auth.as_ref()),
                 out,
                 true,
             )
@@ -83,9 +137,6 @@ impl Pipeline {
             .await?;
         out.line(format!("Done, {}:v{version} deployed", request.app))
             .await;
-        Ok(Imported {
-            version,
-            image: reference,
-        })
+        Ok(version)
     }
 }

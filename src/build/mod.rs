@@ -7,7 +7,9 @@ mod dockerfile;
 mod fetch;
 mod import;
 mod input;
+pub mod queue;
 mod redact;
+mod timing;
 
 pub use import::{ImportRequest, Imported};
 
@@ -21,13 +23,15 @@ use tracing::Instrument;
 
 use crate::config::BuildSettings;
 use crate::controller::{BuildHook, Controller, ControllerError};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, RegistryApi, TagRemoval};
 use crate::git::GitError;
+use crate::metrics::{self, BuildKind, PushResult};
 use crate::names::AppName;
 use crate::pipe::ByteStream;
 use crate::push::{Output, Push, PushRunner, Verdict};
 use crate::slug::{self, ProcessTypes};
 use crate::storage::{ObjectStore, StorageError};
+use timing::{Stage, StageTimes};
 
 /// The stack name buildpacks see in `$STACK`.
 pub const STACK: &str = "deis-bookworm";
@@ -77,8 +81,18 @@ pub struct Keys {
 }
 
 impl Keys {
+    /// The Deis layout, `home/<app>:git-<sha8>/…`: where the first build of a commit goes.
     pub fn new(app: &AppName, sha8: &str) -> Keys {
-        let base = format!("home/{app}:git-{sha8}");
+        Keys::under(format!("home/{app}:git-{sha8}"))
+    }
+
+    /// `home/<app>:git-<sha8>-<push id>/…`: where a later build of the same commit goes, so
+    /// objects a release may point to are never overwritten (write-once).
+    pub fn for_push(app: &AppName, sha8: &str, push_id: &str) -> Keys {
+        Keys::under(format!("home/{app}:git-{sha8}-{push_id}"))
+    }
+
+    fn under(base: String) -> Keys {
         Keys {
             source: format!("{base}/tar"),
             slug: format!("{base}/push/slug.tgz"),
@@ -100,13 +114,15 @@ pub struct Pipeline {
 impl PushRunner for Pipeline {
     async fn run(&self, push: Push, out: Output, cancel: CancellationToken) -> Verdict {
         let span = tracing::info_span!(
-            "push", id = %push.id, app = %push.app, user = %push.user, sha = %push.commit.short()
+            "push", push_id = %push.id, app = %push.app, user = %push.user, sha = %push.commit.short()
         );
         async {
             let started = Instant::now();
-            let published = Published::new(self.store.clone());
+            let receive = started.saturating_duration_since(push.receive_started);
+            let times = StageTimes::default();
+            let published = Published::new(self.store.clone(), self.engine.clone());
             let built = tokio::select! {
-                built = self.build(&push, &out, &published) => Some(built),
+                built = self.build(&push, &out, &published, &times) => Some(built),
                 () = cancel.cancelled() => None,
             };
             let artifact = match built {
@@ -115,6 +131,7 @@ impl PushRunner for Pipeline {
                     tracing::warn!(%error, "push rejected");
                     out.error(format!("Build failed: {error}")).await;
                     published.roll_back().await;
+                    metrics::push_finished(PushResult::Failed);
                     return Verdict::Reject;
                 }
                 None => {
@@ -122,19 +139,34 @@ impl PushRunner for Pipeline {
                         "push cancelled: the client went away or the server is stopping"
                     );
                     published.roll_back().await;
+                    metrics::push_finished(PushResult::Cancelled);
                     return Verdict::Reject;
                 }
             };
             // Not raced against cancellation: once asked, the controller may cut the release
             // whether or not we wait, and its objects must then stay (the call has a timeout).
-            match self.release(&push, &artifact, &out).await {
+            let released = times
+                .time(Stage::Release, self.release(&push, &artifact, &out))
+                .await;
+            match released {
                 Ok(version) => {
                     published.keep();
                     tracing::info!(
                         version,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        elapsed_ms = timing::millis(started.elapsed()),
+                        receive_ms = timing::millis(receive),
+                        source_ms = times.millis(Stage::Source),
+                        prepare_ms = times.millis(Stage::Prepare),
+                        container_ms = times.millis(Stage::Container),
+                        compile_ms = times.millis(Stage::Compile),
+                        cache_ms = times.millis(Stage::Cache),
+                        pack_ms = times.millis(Stage::Pack),
+                        upload_ms = times.millis(Stage::Upload),
+                        cleanup_ms = times.millis(Stage::Cleanup),
+                        release_ms = times.millis(Stage::Release),
                         "deployed"
                     );
+                    metrics::push_finished(PushResult::Success);
                     Verdict::Accept
                 }
                 Err(error) => {
@@ -148,6 +180,7 @@ impl PushRunner for Pipeline {
                     } else {
                         published.roll_back().await;
                     }
+                    metrics::push_finished(PushResult::Failed);
                     Verdict::Reject
                 }
             }
@@ -164,8 +197,10 @@ impl Pipeline {
         push: &Push,
         out: &Output,
         published: &Published,
+        times: &StageTimes,
     ) -> Result<Artifact, BuildError> {
-        let keys = Keys::new(&push.app, push.commit.short());
+        let source_started = Instant::now();
+        let keys = self.keys_for(push).await?;
         let config = self
             .controller
             .app_config(&push.user, push.app.as_str())
@@ -176,16 +211,44 @@ impl Pipeline {
 
         let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
         published.put(&keys.source, &mut source_tar).await?;
+        times.add(Stage::Source, source_started.elapsed());
 
-        let artifact = match self.plan(push, &config.values).await? {
+        let plan = self.plan(push, &config.values).await?;
+        let build_started = Instant::now();
+        let built = match plan {
             Plan::Buildpack => {
-                self.buildpack_build(push, &config.values, out, published, &keys)
-                    .await?
+                self.buildpack_build(push, &config.values, out, published, &keys, times)
+                    .await
             }
-            Plan::Dockerfile => self.dockerfile_build(push, &config.values, out).await?,
+            Plan::Dockerfile => {
+                self.dockerfile_build(push, &config.values, out, published)
+                    .await
+            }
         };
+        let kind = match plan {
+            Plan::Buildpack => BuildKind::Buildpack,
+            Plan::Dockerfile => BuildKind::Dockerfile,
+        };
+        metrics::build_finished(kind, build_started.elapsed());
+        let artifact = built?;
         out.line("Build complete.").await;
         Ok(artifact)
+    }
+
+    /// The Deis keys, unless an earlier push of this commit already used them (its objects
+    /// may belong to a live release): then keys of this push alone.
+    async fn keys_for(&self, push: &Push) -> Result<Keys, BuildError> {
+        let first = Keys::new(&push.app, push.commit.short());
+        for key in [&first.source, &first.slug, &first.procfile] {
+            if self.store.exists(key).await? {
+                tracing::info!(
+                    %key,
+                    "this commit was built before; this push stores its objects under its own keys"
+                );
+                return Ok(Keys::for_push(&push.app, push.commit.short(), &push.id));
+            }
+        }
+        Ok(first)
     }
 
     async fn release(
@@ -284,19 +347,39 @@ where
     output
 }
 
-/// Objects this push created, deleted again if the push does not land, so a failed push
-/// leaves nothing behind. Objects that existed before (the same commit pushed earlier) stay.
+/// Objects and image tags this push created, deleted again if the push does not land, so a
+/// failed push leaves nothing behind. What existed before (an earlier push) stays.
 struct Published {
     store: Arc<dyn ObjectStore>,
+    engine: Engine,
     created: Mutex<Vec<String>>,
+    images: Mutex<Vec<PublishedImage>>,
+}
+
+/// An image tag a push created: in the local engine, and in the registry once pushed.
+#[derive(Debug, Clone)]
+pub(crate) struct PublishedImage {
+    /// `repository:tag` in the local engine.
+    pub reference: String,
+    /// The registry's API, the repository name in it and the tag, once pushed there.
+    pub registry: Option<(RegistryApi, String, String)>,
 }
 
 impl Published {
-    fn new(store: Arc<dyn ObjectStore>) -> Published {
+    fn new(store: Arc<dyn ObjectStore>, engine: Engine) -> Published {
         Published {
             store,
+            engine,
             created: Mutex::new(Vec::new()),
+            images: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records a tag this push created (call again once it is in the registry).
+    fn image(&self, image: PublishedImage) {
+        let mut images = self.images.lock().unwrap_or_else(PoisonError::into_inner);
+        images.retain(|known| known.reference != image.reference);
+        images.push(image);
     }
 
     async fn put(
@@ -315,6 +398,10 @@ impl Published {
     /// The release was cut: everything stays.
     fn keep(&self) {
         self.created_keys().clear();
+        self.images
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     async fn roll_back(&self) {
@@ -322,6 +409,26 @@ impl Published {
         for key in keys {
             if let Err(error) = self.store.delete(&key).await {
                 tracing::error!(%error, %key, "cannot delete object of a failed push");
+            }
+        }
+        let images =
+            std::mem::take(&mut *self.images.lock().unwrap_or_else(PoisonError::into_inner));
+        for image in images {
+            if let Some((api, name, tag)) = &image.registry {
+                match api.delete_tag(name, tag).await {
+                    Ok(TagRemoval::Deleted | TagRemoval::Absent) => {}
+                    Ok(TagRemoval::Shared { other_tag }) => tracing::warn!(
+                        image = %image.reference, %other_tag,
+                        "registry tag of a failed push kept: its manifest is also tagged otherwise"
+                    ),
+                    Err(error) => tracing::error!(
+                        %error, image = %image.reference,
+                        "cannot delete the registry tag of a failed push"
+                    ),
+                }
+            }
+            if let Err(error) = self.engine.remove_image(&image.reference).await {
+                tracing::error!(%error, image = %image.reference, "cannot remove the image tag of a failed push");
             }
         }
     }
@@ -341,5 +448,8 @@ mod tests {
         assert_eq!(keys.source, "home/myapp:git-1234abcd/tar");
         assert_eq!(keys.slug, "home/myapp:git-1234abcd/push/slug.tgz");
         assert_eq!(keys.procfile, "home/myapp:git-1234abcd/push/Procfile");
+        let again = Keys::for_push(&AppName::parse("myapp").unwrap(), "1234abcd", "0f0e");
+        assert_eq!(again.slug, "home/myapp:git-1234abcd-0f0e/push/slug.tgz");
+        assert_eq!(again.source, "home/myapp:git-1234abcd-0f0e/tar");
     }
 }

@@ -1,5 +1,35 @@
-//! Keeps secrets (the app's `SSH_KEY`) out of build output, even when a buildpack prints
+//! Keeps secrets out of build output, even when a buildpack or a Dockerfile step prints
 //! them or the engine splits them across output chunks.
+//!
+//! What counts as secret ([`Redactor::for_build`]):
+//! - the app's `SSH_KEY`: its value as given, the decoded key, and every line of both that
+//!   is at least [`MIN_KEY_LINE_BYTES`] long (a shorter line holds at most 2 bytes of key
+//!   material, and hiding it would hide innocent text everywhere);
+//! - values of config vars whose names say they are secret ([`is_secret_name`]: `KEY`,
+//!   `SECRET`, `PASSWORD`, `PASSWD`, `TOKEN`, `CREDENTIAL`, `PRIVATE`, `AUTH`, `CERT`,
+//!   `SALT`, `DSN`), when at least [`MIN_CONFIG_SECRET_BYTES`] long;
+//! - credentials in URLs of config values (`https://user:token@host/...`), e.g. a private
+//!   `BUILDPACK_URL`;
+//! - the builder's own credentials it is given (the registry's), which never enter a
+//!   build, hidden in case an engine message repeats them.
+//!
+//! Other config values are the app's own business, as on Heroku: a build that prints them
+//! shows them.
+
+use std::collections::BTreeMap;
+
+impl super::Pipeline {
+    /// The builder's own credentials that build output must never show (see
+    /// [`Redactor::for_build`]).
+    pub(super) fn own_secrets(&self) -> Vec<&str> {
+        let registry = self.settings.registry.as_ref();
+        registry
+            .and_then(|r| r.password.as_ref().map(|p| p.expose()))
+            .into_iter()
+            .chain(registry.and_then(|r| r.username.as_deref()))
+            .collect()
+    }
+}
 
 /// Replaces every occurrence of a secret in a byte stream with `[redacted]`. Bytes that may
 /// be the start of a secret are held back until the next chunk (or [`Redactor::finish`])
@@ -12,10 +42,58 @@ pub struct Redactor {
 }
 
 const REPLACEMENT: &[u8] = b"[redacted]";
-/// Shorter fragments are too likely to match innocent output.
-const MIN_SECRET_BYTES: usize = 12;
+/// Shortest `SSH_KEY` line (and shortest secret of any kind) that is hidden.
+pub const MIN_KEY_LINE_BYTES: usize = 4;
+/// Shortest value of a secret-named config var that is hidden: shorter ones (`true`, `1`,
+/// `none`) are switches more often than secrets and would hide innocent words.
+pub const MIN_CONFIG_SECRET_BYTES: usize = 8;
+
+/// Words in config var names that mark their values secret (matched case-insensitively
+/// anywhere in the name, so `DATABASE_PASSWORD` and `GithubToken` count).
+const SECRET_NAME_WORDS: [&str; 11] = [
+    "KEY",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "TOKEN",
+    "CREDENTIAL",
+    "PRIVATE",
+    "AUTH",
+    "CERT",
+    "SALT",
+    "DSN",
+];
+
+/// Whether a config var's name says its value is a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    SECRET_NAME_WORDS.iter().any(|word| upper.contains(word))
+}
+
+/// `user:password` (or `token`) of each `scheme://userinfo@` in `text`.
+fn url_credentials(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let after = &rest[at + 3..];
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '#' || c == '?' || c.is_whitespace())
+            .unwrap_or(after.len());
+        if let Some((userinfo, _host)) = after[..authority_end].rsplit_once('@') {
+            found.push(userinfo.to_owned());
+            // The user name alone is not secret (and often a common word like `deploy`).
+            if let Some((_user, password)) = userinfo.split_once(':') {
+                found.push(password.to_owned());
+            }
+        }
+        rest = after;
+    }
+    found
+}
 
 impl Redactor {
+    /// Hides each of `secrets` (surrounding whitespace trimmed) that is at least
+    /// [`MIN_KEY_LINE_BYTES`] long.
     pub fn new<I, S>(secrets: I) -> Redactor
     where
         I: IntoIterator<Item = S>,
@@ -24,7 +102,7 @@ impl Redactor {
         let mut secrets: Vec<Vec<u8>> = secrets
             .into_iter()
             .map(|s| s.as_ref().trim().as_bytes().to_vec())
-            .filter(|s| s.len() >= MIN_SECRET_BYTES)
+            .filter(|s| s.len() >= MIN_KEY_LINE_BYTES)
             .collect();
         secrets.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
         secrets.dedup();
@@ -34,16 +112,44 @@ impl Redactor {
         }
     }
 
-    /// The secrets to hide for an `SSH_KEY` config value: the value as given and each line
-    /// of the decoded key (a buildpack may print the key file).
-    pub fn for_ssh_key(value: &str, decoded: &str) -> Redactor {
-        let mut secrets = vec![value.to_owned(), decoded.to_owned()];
-        secrets.extend(value.lines().map(str::to_owned));
+    /// The secrets of one build (see the module documentation): `config` is the app's
+    /// config, `decoded_ssh_key` its `SSH_KEY` as a key file, `own` the builder's own
+    /// credentials.
+    pub fn for_build(
+        config: &BTreeMap<String, String>,
+        decoded_ssh_key: Option<&str>,
+        own: &[&str],
+    ) -> Redactor {
+        let mut secrets: Vec<String> = Vec::new();
+        if let Some(value) = config.get(super::buildpack::SSH_KEY) {
+            secrets.push(value.clone());
+            secrets.extend(value.lines().map(str::to_owned));
+        }
+        if let Some(decoded) = decoded_ssh_key {
+            secrets.push(decoded.to_owned());
+            secrets.extend(
+                decoded
+                    .lines()
+                    .filter(|line| !line.starts_with("-----"))
+                    .map(str::to_owned),
+            );
+        }
+        for (name, value) in config {
+            if is_secret_name(name) {
+                // A multi-line value (a certificate, a key) may be printed line by line.
+                secrets.extend(
+                    std::iter::once(value.as_str())
+                        .chain(value.lines().filter(|line| !line.starts_with("-----")))
+                        .filter(|part| part.trim().len() >= MIN_CONFIG_SECRET_BYTES)
+                        .map(str::to_owned),
+                );
+            }
+            secrets.extend(url_credentials(value));
+        }
         secrets.extend(
-            decoded
-                .lines()
-                .filter(|line| !line.starts_with("-----"))
-                .map(str::to_owned),
+            own.iter()
+                .filter(|secret| secret.trim().len() >= MIN_CONFIG_SECRET_BYTES)
+                .map(|secret| (*secret).to_owned()),
         );
         Redactor::new(secrets)
     }
@@ -133,17 +239,69 @@ mod tests {
         assert_eq!(r.push(b"ambled\n"), b"s3crambled\n");
     }
 
+    fn config(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
-    fn key_lines_are_hidden() {
-        let pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACBZZZZZZZZZZ\n-----END OPENSSH PRIVATE KEY-----\n";
-        let mut r = Redactor::for_ssh_key("c2VjcmV0LWJhc2U2NC1rZXk=", pem);
+    fn key_lines_are_hidden_even_short_ones() {
+        let pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACBZZZZZZZZZZ\nAQIDBAU=\nZg\n-----END OPENSSH PRIVATE KEY-----\n";
+        let config = config(&[("SSH_KEY", "c2VjcmV0LWJhc2U2NC1rZXk=")]);
+        let mut r = Redactor::for_build(&config, Some(pem), &[]);
         let out = run(
             &mut r,
-            &["cat key:\n", pem, "value: c2VjcmV0LWJhc2U2NC1rZXk=\n"],
+            &[
+                "cat key:\n",
+                pem,
+                "value: c2VjcmV0LWJhc2U2NC1rZXk=\n",
+                "lines: AQIDBAU= Zg\n",
+            ],
         );
         assert!(!out.contains("b3BlbnNzaC1rZXktdjEAAAAA"), "{out}");
         assert!(!out.contains("QyNTUxOQAAACBZZZZZZZZZZ"), "{out}");
+        assert!(!out.contains("AQIDBAU="), "{out}");
         assert!(!out.contains("c2VjcmV0LWJhc2U2NC1rZXk="), "{out}");
         assert!(out.contains("cat key:"));
+        // Two characters of base64 are not worth hiding innocent text for.
+        assert!(out.contains("lines: [redacted] Zg\n"), "{out}");
+    }
+
+    #[test]
+    fn secret_named_config_values_and_url_credentials_are_hidden() {
+        let config = config(&[
+            ("DATABASE_PASSWORD", "hunter2-hunter2"),
+            ("GithubToken", "ghp_abcdef123456"),
+            ("API_KEY", "short"),
+            (
+                "TLS_CERT",
+                "-----BEGIN CERTIFICATE-----\nMIIBcertline1\nMIIBcertline2\n",
+            ),
+            ("GREETING", "hello-world-greeting"),
+            (
+                "BUILDPACK_URL",
+                "https://oauth:tok-998877@git.example.com/bp.git#v1",
+            ),
+        ]);
+        let mut r = Redactor::for_build(&config, None, &["registry-pass-123"]);
+        let out = run(
+            &mut r,
+            &[
+                "pw=hunter2-hunter2 tok=ghp_abcdef123456 key=short\n",
+                "greeting=hello-world-greeting url=https://oauth:tok-998877@git.example.com\n",
+                "registry-pass-123\n",
+                "MIIBcertline2\n",
+            ],
+        );
+        assert_eq!(
+            out,
+            "pw=[redacted] tok=[redacted] key=short\n\
+             greeting=hello-world-greeting url=https://[redacted]@git.example.com\n\
+             [redacted]\n[redacted]\n"
+        );
+        assert!(is_secret_name("aws_secret_access_key"));
+        assert!(!is_secret_name("GREETING"));
     }
 }

@@ -11,6 +11,8 @@
 
 mod deis;
 mod error;
+/// Reply parsing, public so the fuzz targets and tests can reach it.
+pub mod reply;
 mod standalone;
 mod values;
 

@@ -31,7 +31,7 @@ impl std::fmt::Debug for RegistryAuth {
 }
 
 impl RegistryAuth {
-    fn credentials(&self) -> DockerCredentials {
+    pub(super) fn credentials(&self) -> DockerCredentials {
         DockerCredentials {
             username: Some(self.username.clone()),
             password: Some(self.password.clone()),

@@ -6,8 +6,10 @@ use std::io;
 use std::time::Duration;
 
 mod images;
+mod registry;
 
 pub use images::{ImageBuild, RegistryAuth};
+pub use registry::{RegistryApi, TagRemoval};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -125,6 +127,43 @@ impl Engine {
             let Some(id) = container.id else { continue };
             remove_container(&self.docker, &id).await?;
             removed.push(id);
+        }
+        Ok(removed)
+    }
+
+    /// Removes untagged images this builder instance labelled (Dockerfile builds whose tag
+    /// moved on or never landed). Tagged ones stay: without a registry they are releases.
+    /// An image still in use by some container is left alone.
+    pub async fn sweep_images(&self) -> Result<Vec<String>, EngineError> {
+        let filters = HashMap::from([
+            (
+                "label".to_owned(),
+                vec![format!("{LABEL_INSTANCE}={}", self.instance)],
+            ),
+            ("dangling".to_owned(), vec!["true".to_owned()]),
+        ]);
+        let options = bollard::query_parameters::ListImagesOptionsBuilder::new()
+            .all(false)
+            .filters(&filters)
+            .build();
+        let leftovers = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(api("listing leftover images"))?;
+        let mut removed = Vec::new();
+        for image in leftovers {
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::new().build();
+            match self
+                .docker
+                .remove_image(&image.id, Some(options), None)
+                .await
+            {
+                Ok(_) => removed.push(image.id),
+                Err(error) => {
+                    tracing::warn!(image = %image.id, %error, "cannot remove a leftover image");
+                }
+            }
         }
         Ok(removed)
     }
@@ -259,10 +298,40 @@ impl BuildContainer {
             .map_err(|e| io::Error::other(format!("copying the build output: {e}")))
     }
 
+    /// Removes the container. When the engine cannot be reached, removal is retried in the
+    /// background until it comes back (see [`remove_when_engine_returns`]).
     pub async fn remove(mut self) -> Result<(), EngineError> {
         self.removed = true;
-        remove_container(&self.docker, &self.id).await
+        let removed = remove_container(&self.docker, &self.id).await;
+        if removed.is_err() {
+            remove_when_engine_returns(self.docker.clone(), self.id.clone());
+        }
+        removed
     }
+}
+
+/// How long a container whose removal failed is retried; an engine down longer than this
+/// leaves it to the next start's sweep.
+const REMOVAL_RETRY_FOR: Duration = Duration::from_secs(30 * 60);
+const REMOVAL_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Keeps trying to remove a container (the engine was stopped or restarted under a build),
+/// so none outlives its build once the engine is back.
+fn remove_when_engine_returns(docker: Docker, id: String) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let deadline = tokio::time::Instant::now() + REMOVAL_RETRY_FOR;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(REMOVAL_RETRY_PAUSE).await;
+            if remove_container(&docker, &id).await.is_ok() {
+                tracing::info!(container = %id, "removed build container after a failed first attempt");
+                return;
+            }
+        }
+        tracing::error!(container = %id, "gave up removing build container; the next start sweeps it");
+    });
 }
 
 impl Drop for BuildContainer {
@@ -276,6 +345,7 @@ impl Drop for BuildContainer {
             runtime.spawn(async move {
                 if let Err(error) = remove_container(&docker, &id).await {
                     tracing::error!(%error, container = %id, "cannot remove build container");
+                    remove_when_engine_returns(docker, id);
                 }
             });
         }

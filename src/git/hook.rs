@@ -18,8 +18,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{GitServer, Source, ENV_HOOK_SOCKET, ENV_PUSH_ID};
-use crate::names::{printable, CommitId};
+use super::{GitServer, Source, ENV_HOOK_SOCKET, ENV_PUSH_ID, RESTARTING};
+use crate::build::queue::BuildQueue;
 use crate::push::{Output, Push, PushRunner, Verdict};
 
 const TAG_OUTPUT: u8 = b'o';
@@ -117,11 +117,12 @@ fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Accepts hook connections until `shutdown`.
+/// Accepts hook connections until `shutdown`. Builds wait for a slot in `queue`.
 pub async fn serve(
     listener: UnixListener,
     git: GitServer,
     runner: Arc<dyn PushRunner>,
+    queue: BuildQueue,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -138,8 +139,9 @@ pub async fn serve(
         };
         let git = git.clone();
         let runner = runner.clone();
+        let queue = queue.clone();
         tracker.spawn(async move {
-            if let Err(error) = handle(stream, &git, runner.as_ref()).await {
+            if let Err(error) = handle(stream, &git, runner.as_ref(), &queue).await {
                 tracing::warn!(%error, "hook connection failed");
             }
         });
@@ -150,6 +152,7 @@ async fn handle(
     stream: UnixStream,
     git: &GitServer,
     runner: &dyn PushRunner,
+    queue: &BuildQueue,
 ) -> std::io::Result<()> {
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half).take(MAX_REQUEST);
@@ -205,10 +208,13 @@ async fn handle(
                 user: pending.user,
                 commit,
                 source: Source::new(pending.git_dir, object_env),
+                receive_started: pending.receive_started,
             };
-            runner.run(push, out, cancel).await
+            run_in_turn(push, out, cancel, git, runner, queue).await
         }
         Err(message) => {
+            tracing::info!(push_id = %request.push_id, %message, "push refused");
+            crate::metrics::push_finished(crate::metrics::PushResult::Rejected);
             out.error(message).await;
             drop(out);
             Verdict::Reject
@@ -224,6 +230,63 @@ async fn handle(
     Ok(())
 }
 
+/// Waits for a build slot (telling the client its place in line), then runs the push. On
+/// shutdown a push that has not started is refused, and one still running when the grace
+/// period ends is cancelled; either way the client is told the builder is restarting.
+async fn run_in_turn(
+    push: Push,
+    out: Output,
+    cancel: CancellationToken,
+    git: &GitServer,
+    runner: &dyn PushRunner,
+    queue: &BuildQueue,
+) -> Verdict {
+    let shutdown = &git.shutdown;
+    let restarting = |out: Output| async move {
+        tracing::info!("push refused: the builder is shutting down");
+        crate::metrics::push_finished(crate::metrics::PushResult::Cancelled);
+        out.error(RESTARTING).await;
+        Verdict::Reject
+    };
+    if shutdown.draining.is_cancelled() {
+        return restarting(out).await;
+    }
+    let waiting = queue.acquire(|place| {
+        let out = out.clone();
+        async move {
+            out.step(format!(
+                "Waiting for a build slot (position {place} in queue)"
+            ))
+            .await;
+        }
+    });
+    let slot = tokio::select! {
+        slot = waiting => slot,
+        // The client went away while waiting: leave the line quietly.
+        () = cancel.cancelled() => {
+            crate::metrics::push_finished(crate::metrics::PushResult::Cancelled);
+            return Verdict::Reject;
+        }
+        () = shutdown.draining.cancelled() => return restarting(out).await,
+    };
+    let notice = out.clone();
+    let run = runner.run(push, out, cancel.clone());
+    tokio::pin!(run);
+    let verdict = tokio::select! {
+        verdict = &mut run => verdict,
+        () = shutdown.abort.cancelled() => {
+            // Cancel through the token and wait: the build cleans up after itself.
+            cancel.cancel();
+            run.await
+        }
+    };
+    drop(slot);
+    if shutdown.abort.is_cancelled() && verdict == Verdict::Reject {
+        notice.error(RESTARTING).await;
+    }
+    verdict
+}
+
 /// Keeps only the quarantine variables, and only when they point inside the app's repository.
 fn quarantine_env(env: &[(String, String)], git_dir: &Path) -> Vec<(String, String)> {
     env.iter()
@@ -236,47 +299,8 @@ fn quarantine_env(env: &[(String, String)], git_dir: &Path) -> Vec<(String, Stri
         .collect()
 }
 
-/// Only master and main deploy, one of them per push, and never a deletion.
-pub fn select_commit(updates: &[String]) -> Result<CommitId, String> {
-    let mut selected = None;
-    for line in updates {
-        let mut parts = line.split(' ');
-        let (Some(_old), Some(new), Some(refname), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(format!("malformed ref update {:?}", printable(line)));
-        };
-        let new = CommitId::parse(new).map_err(|e| e.to_string())?;
-        let branch = refname.strip_prefix("refs/heads/");
-        if new.is_zero() {
-            return Err(format!(
-                "deleting {} is not allowed here",
-                branch.unwrap_or(refname)
-            ));
-        }
-        match branch {
-            Some("master" | "main") => {
-                if selected.is_some() {
-                    return Err("push master or main, not both at once".into());
-                }
-                selected = Some(new);
-            }
-            Some(other) => {
-                return Err(format!(
-                    "only the master or main branch deploys, not {}. To deploy it, run: git push deis HEAD:master",
-                    printable(other)
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "only branches deploy, not {}. To deploy, run: git push deis HEAD:master",
-                    printable(refname)
-                ))
-            }
-        }
-    }
-    selected.ok_or_else(|| "nothing to deploy in this push".into())
-}
+// Parsed with the other edge values (and fuzzed there).
+pub use crate::names::select_commit;
 
 #[cfg(test)]
 mod tests {

@@ -5,12 +5,17 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::names::AppName;
 
 #[derive(Debug, Clone, Default)]
 pub struct AppLocks {
     held: Arc<Mutex<HashSet<AppName>>>,
+    /// Wakes pushes waiting for a lock whenever one is released.
+    released: Arc<Notify>,
 }
 
 /// Releases its app when dropped, whatever path the push took.
@@ -18,6 +23,7 @@ pub struct AppLocks {
 pub struct AppLock {
     app: AppName,
     held: Arc<Mutex<HashSet<AppName>>>,
+    released: Arc<Notify>,
 }
 
 impl AppLocks {
@@ -27,7 +33,25 @@ impl AppLocks {
         held.insert(app.clone()).then(|| AppLock {
             app: app.clone(),
             held: self.held.clone(),
+            released: self.released.clone(),
         })
+    }
+
+    /// Waits up to `wait` for the push holding `app` to finish; `None` if it is still running.
+    pub async fn lock_within(&self, app: &AppName, wait: Duration) -> Option<AppLock> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the check, so a release in between is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(lock) = self.try_lock(app) {
+                return Some(lock);
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return self.try_lock(app);
+            }
+        }
     }
 
     pub fn is_locked(&self, app: &AppName) -> bool {
@@ -44,6 +68,7 @@ impl Drop for AppLock {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.app);
+        self.released.notify_waiters();
     }
 }
 
@@ -62,5 +87,25 @@ mod tests {
         drop(guard);
         assert!(!locks.is_locked(&a));
         assert!(locks.try_lock(&a).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_push_gets_the_lock_when_it_is_released_or_gives_up() {
+        let locks = AppLocks::default();
+        let a = AppName::parse("a").unwrap();
+        let guard = locks.try_lock(&a).unwrap();
+        assert!(locks
+            .lock_within(&a, Duration::from_millis(50))
+            .await
+            .is_none());
+        let waiter = {
+            let (locks, a) = (locks.clone(), a.clone());
+            tokio::spawn(async move { locks.lock_within(&a, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(guard);
+        let got = waiter.await.unwrap();
+        assert!(got.is_some());
+        assert!(locks.is_locked(&a));
     }
 }

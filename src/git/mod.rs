@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -57,6 +58,8 @@ pub(crate) struct PendingPush {
     /// Shared with the SSH side: the app stays locked until both the git process and the
     /// build (including its clean-up after a cancellation) are done.
     pub lock: Arc<lock::AppLock>,
+    /// When receiving started, for the push's stage timing.
+    pub receive_started: std::time::Instant,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -83,6 +86,37 @@ impl PendingPushes {
     }
 }
 
+/// What one push may do (from `--max-push-size` and `--lock-wait`).
+#[derive(Debug, Clone)]
+pub struct PushLimits {
+    /// Bytes the client may send to `git receive-pack`.
+    pub max_push_bytes: u64,
+    /// How long a push waits for the app's running push; zero refuses at once.
+    pub lock_wait: Duration,
+}
+
+impl Default for PushLimits {
+    fn default() -> Self {
+        PushLimits {
+            max_push_bytes: u64::MAX,
+            lock_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// The server's shutdown stages, as git processes see them.
+#[derive(Debug, Clone, Default)]
+struct Shutdown {
+    /// SIGTERM: pushes waiting for their app's lock give up.
+    draining: CancellationToken,
+    /// Grace period over: fetches are stopped (pushes are stopped by their hook).
+    abort: CancellationToken,
+}
+
+/// Said to a push the builder will not run because it is shutting down.
+pub const RESTARTING: &str =
+    "the builder is restarting: this push was not deployed; push again in a minute";
+
 #[derive(Debug, Clone)]
 pub struct GitServer {
     repos_dir: PathBuf,
@@ -90,6 +124,8 @@ pub struct GitServer {
     exe: PathBuf,
     locks: AppLocks,
     pending: PendingPushes,
+    limits: PushLimits,
+    shutdown: Shutdown,
 }
 
 impl GitServer {
@@ -100,7 +136,24 @@ impl GitServer {
             exe,
             locks: AppLocks::default(),
             pending: PendingPushes::default(),
+            limits: PushLimits::default(),
+            shutdown: Shutdown::default(),
         }
+    }
+
+    pub fn with_limits(mut self, limits: PushLimits) -> GitServer {
+        self.limits = limits;
+        self
+    }
+
+    /// `draining` fires on SIGTERM, `abort` when the grace period is over.
+    pub fn with_shutdown(
+        mut self,
+        draining: CancellationToken,
+        abort: CancellationToken,
+    ) -> GitServer {
+        self.shutdown = Shutdown { draining, abort };
+        self
     }
 
     pub fn locks(&self) -> &AppLocks {
@@ -139,16 +192,18 @@ impl GitServer {
                 if let Some(protocol) = git_protocol {
                     cmd.env("GIT_PROTOCOL", protocol);
                 }
-                run_piped(cmd, stdin, client, cancel).await
+                let stop = async {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = self.shutdown.abort.cancelled() => {}
+                    }
+                };
+                run_piped(cmd, stdin, client, stop, u64::MAX).await.status
             }
             GitService::ReceivePack => {
-                // Refuse rather than wait: the developer learns at once, and nothing queues
-                // behind a push whose client may never come back.
-                let Some(lock) = self.locks.try_lock(app) else {
-                    let msg = format!(
-                        "another push to {app} is in progress; try again when it has finished"
-                    );
-                    client.stdout(pkt_line_error(&msg)).await;
+                let receive_started = std::time::Instant::now();
+                let Some(lock) = self.lock_app(app, client, &cancel).await else {
+                    crate::metrics::push_finished(crate::metrics::PushResult::Rejected);
                     return 1;
                 };
                 let git_dir = match self.ensure_repo(app).await {
@@ -161,6 +216,8 @@ impl GitServer {
                 };
                 let lock = Arc::new(lock);
                 let push_id = new_push_id();
+                // The caller's span (SSH: `git`) declares the field; logs tie up by it.
+                tracing::Span::current().record("push_id", push_id.as_str());
                 self.pending.insert(
                     push_id.clone(),
                     PendingPush {
@@ -169,6 +226,7 @@ impl GitServer {
                         git_dir: git_dir.clone(),
                         cancel: cancel.clone(),
                         lock: lock.clone(),
+                        receive_started,
                     },
                 );
                 let mut cmd = git_command(&git_dir);
@@ -177,10 +235,83 @@ impl GitServer {
                     .env(ENV_HOOK_SOCKET, &self.hook_socket)
                     .env(ENV_PUSH_ID, &push_id)
                     .env(ENV_EXE, &self.exe);
-                let status = run_piped(cmd, stdin, client, cancel).await;
+                // Only the client going away stops git here: on shutdown the hook rejects the
+                // push with a message, which needs git alive to reach the client.
+                let piped = run_piped(
+                    cmd,
+                    stdin,
+                    client,
+                    cancel.cancelled(),
+                    self.limits.max_push_bytes,
+                )
+                .await;
                 self.pending.remove(&push_id);
+                if piped.status != 0 {
+                    // receive-pack is SIGKILLed when the client goes and then cannot remove
+                    // its quarantine. The app is still locked: what is left is this push's.
+                    let repo = git_dir.clone();
+                    if let Ok(removed @ 1..) =
+                        tokio::task::spawn_blocking(move || crate::sweep::remove_quarantines(&repo))
+                            .await
+                    {
+                        tracing::info!(removed, "removed the quarantine of an unfinished push");
+                    }
+                }
                 drop(lock);
-                status
+                if piped.input_exceeded {
+                    crate::metrics::push_finished(crate::metrics::PushResult::Rejected);
+                    tracing::info!(
+                        limit = self.limits.max_push_bytes,
+                        "push over the size limit refused"
+                    );
+                    let msg = format!(
+                        "deis-builder: this push is larger than the limit of {} (--max-push-size); it was refused and nothing was stored\n",
+                        crate::config::format_size(self.limits.max_push_bytes)
+                    );
+                    client.stderr(Bytes::from(msg)).await;
+                    return 1;
+                }
+                piped.status
+            }
+        }
+    }
+
+    /// The app's push lock, waiting up to the lock wait for a running push to finish.
+    /// `None` (the client has been told why) when it is still running or the client left.
+    async fn lock_app(
+        &self,
+        app: &AppName,
+        client: &dyn ClientSink,
+        cancel: &CancellationToken,
+    ) -> Option<lock::AppLock> {
+        if let Some(lock) = self.locks.try_lock(app) {
+            return Some(lock);
+        }
+        let wait = self.limits.lock_wait;
+        let busy = |waited: &str| {
+            format!("another push to {app} is in progress{waited}; try again when it has finished")
+        };
+        if wait.is_zero() {
+            client.stdout(pkt_line_error(&busy(""))).await;
+            return None;
+        }
+        let shown = crate::config::format_duration(wait);
+        let msg = format!(
+            "-----> Another push to {app} is in progress; waiting up to {shown} for it to finish\n"
+        );
+        client.stderr(Bytes::from(msg)).await;
+        tokio::select! {
+            locked = self.locks.lock_within(app, wait) => {
+                if locked.is_none() {
+                    let waited = format!(" (waited {shown})");
+                    client.stdout(pkt_line_error(&busy(&waited))).await;
+                }
+                locked
+            }
+            () = cancel.cancelled() => None,
+            () = self.shutdown.draining.cancelled() => {
+                client.stdout(pkt_line_error(RESTARTING)).await;
+                None
             }
         }
     }
@@ -263,13 +394,27 @@ fn pkt_line_error(message: &str) -> Bytes {
     Bytes::from(format!("{:04x}{payload}", payload.len() + 4))
 }
 
-/// Runs a git server process with the client's bytes on stdin and its output on the channel.
+/// How a git server process ended.
+struct Piped {
+    status: u32,
+    /// The client sent more than the input limit; git got end-of-file at the limit instead.
+    input_exceeded: bool,
+}
+
+/// Runs a git server process with the client's bytes on stdin and its output on the channel,
+/// until it ends or `stop` completes. At most `max_input` bytes reach git: past that git sees
+/// end-of-file (so it fails cleanly and removes what it received) and the rest is discarded.
 async fn run_piped(
     mut cmd: Command,
     mut stdin_rx: mpsc::Receiver<Bytes>,
     client: &dyn ClientSink,
-    cancel: CancellationToken,
-) -> u32 {
+    stop: impl std::future::Future<Output = ()>,
+    max_input: u64,
+) -> Piped {
+    let failed = |status| Piped {
+        status,
+        input_exceeded: false,
+    };
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -280,29 +425,46 @@ async fn run_piped(
             client
                 .stderr(Bytes::from_static(b"fatal: the builder cannot run git\n"))
                 .await;
-            return 1;
+            return failed(1);
         }
     };
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+    let (Some(stdin), Some(stdout), Some(stderr)) =
         (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
-        return 1;
+        return failed(1);
     };
+    let input_exceeded = std::sync::atomic::AtomicBool::new(false);
+    let exceeded = &input_exceeded;
     let feed_stdin = async move {
+        let mut stdin = Some(stdin);
+        let mut received: u64 = 0;
         while let Some(data) = stdin_rx.recv().await {
-            if stdin.write_all(&data).await.is_err() {
-                break;
+            received = received.saturating_add(data.len() as u64);
+            if received > max_input {
+                // Dropping stdin closes it: git sees a truncated pack and stores nothing.
+                // The rest is read and dropped, so the SSH session is never blocked on it.
+                exceeded.store(true, std::sync::atomic::Ordering::Relaxed);
+                stdin = None;
+                continue;
+            }
+            if let Some(pipe) = stdin.as_mut() {
+                if pipe.write_all(&data).await.is_err() {
+                    stdin = None;
+                }
             }
         }
         // Dropping stdin closes it: git sees the client's EOF.
+        drop(stdin);
+        // Git decides when the exchange is over, not the client's input.
+        std::future::pending::<()>().await;
     };
     let relay_out = relay(stdout, |data| client.stdout(data));
     let relay_err = relay(stderr, |data| client.stderr(data));
     let finished = async {
-        tokio::join!(feed_stdin, relay_out, relay_err);
+        tokio::join!(relay_out, relay_err);
         child.wait().await
     };
-    tokio::select! {
+    let outcome = tokio::select! {
         status = finished => match status {
             Ok(status) => exit_code(status),
             Err(error) => {
@@ -310,10 +472,15 @@ async fn run_piped(
                 1
             }
         },
-        () = cancel.cancelled() => {
+        () = feed_stdin => 1,
+        () = stop => {
             kill(&mut child).await;
             1
         }
+    };
+    Piped {
+        status: outcome,
+        input_exceeded: input_exceeded.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 

@@ -1,11 +1,14 @@
 //! HTTP endpoints: `/healthz` (SSH listening, storage and engine reachable) and
-//! `/readiness` (plus the controller), 200 or 503 with a JSON body saying what failed; and
-//! `POST /v2/hooks/import/`, the image import the controller calls with the builder key.
+//! `/readiness` (plus the controller), 200 or 503 with a JSON body saying what failed;
+//! `/metrics` (Prometheus text format); and `POST /v2/hooks/import/`, the image import the
+//! controller calls with the builder key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -16,10 +19,12 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::build::queue::BuildQueue;
 use crate::build::{BuildError, ImportRequest, Pipeline};
 use crate::controller::Controller;
 use crate::engine::Engine;
 use crate::git::lock::AppLocks;
+use crate::metrics::BuildKind;
 use crate::names::{AppName, ImageRef};
 use crate::push::Output;
 use crate::slug::ProcessTypes;
@@ -30,13 +35,21 @@ pub struct Health {
     pub store: Arc<dyn ObjectStore>,
     pub engine: Engine,
     pub controller: Arc<dyn Controller>,
+    /// True while the SSH accept loop runs (false once it stops, e.g. on shutdown).
+    pub ssh_listening: Arc<AtomicBool>,
 }
+
+/// Longest a single health check may take before it counts as failed: a load balancer
+/// must get an answer, not a hung request.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the import endpoint needs.
 #[derive(Clone)]
 pub struct Imports {
     pub pipeline: Arc<Pipeline>,
     pub locks: AppLocks,
+    /// Imports take a build slot like pushes do.
+    pub builds: BuildQueue,
     /// `None` turns the endpoint off.
     pub builder_key: Option<String>,
 }
@@ -56,6 +69,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readiness", get(readiness))
+        .route("/metrics", get(metrics))
         .route("/v2/hooks/import/", post(import))
         .with_state(AppState { health, imports });
     axum::serve(listener, app)
@@ -71,6 +85,16 @@ async fn healthz(State(state): State<AppState>) -> Reply {
 
 async fn readiness(State(state): State<AppState>) -> Reply {
     report(state.health.checks(true).await)
+}
+
+async fn metrics() -> ([(header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
 }
 
 /// Body of `POST /v2/hooks/import/`.
@@ -138,7 +162,22 @@ async fn import(
         }
         String::from_utf8_lossy(&log).into_owned()
     });
+    // A caller that hangs up while waiting leaves the line (axum drops this future).
+    let _slot = imports
+        .builds
+        .acquire(|place| {
+            let out = out.clone();
+            async move {
+                out.step(format!(
+                    "Waiting for a build slot (position {place} in queue)"
+                ))
+                .await;
+            }
+        })
+        .await;
+    let started = Instant::now();
     let result = imports.pipeline.import(&request, &out).await;
+    crate::metrics::build_finished(BuildKind::Import, started.elapsed());
     drop(out);
     let output = collector.await.unwrap_or_default();
     match result {
@@ -189,7 +228,7 @@ fn parse_import(body: &[u8]) -> Result<ImportRequest, String> {
         crate::slug::validate_process_type(name).map_err(|e| format!("procfile: {e}"))?;
     }
     let source_credentials = match (body.username, body.password) {
-        (Some(username), Some(password)) => Some((username, password)),
+        (Some(username), Some(password)) => Some((username, crate::config::Secret::new(password))),
         (None, None) => None,
         _ => {
             return Err(
@@ -211,6 +250,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `{"status":"ok"|"error","ok":bool,"checks":{"ssh":"ok","storage":"error: …",…}}`.
 fn report(checks: Vec<(&'static str, Result<(), String>)>) -> Reply {
     let healthy = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<String, Value> = checks
@@ -218,33 +258,54 @@ fn report(checks: Vec<(&'static str, Result<(), String>)>) -> Reply {
         .map(|(name, result)| {
             let value = match result {
                 Ok(()) => json!("ok"),
-                Err(error) => json!(error),
+                Err(error) => json!(format!("error: {error}")),
             };
             (name.to_owned(), value)
         })
         .collect();
-    let status = if healthy {
-        StatusCode::OK
+    let (status, word) = if healthy {
+        (StatusCode::OK, "ok")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, "error")
     };
-    (status, Json(json!({ "ok": healthy, "checks": body })))
+    (
+        status,
+        Json(json!({ "status": word, "ok": healthy, "checks": body })),
+    )
+}
+
+/// Runs one check under [`CHECK_TIMEOUT`].
+async fn bounded<E: std::fmt::Display>(
+    check: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
 }
 
 impl Health {
-    /// The SSH listener is bound before this server starts, so answering at all means it listens.
     async fn checks(&self, with_controller: bool) -> Vec<(&'static str, Result<(), String>)> {
-        let (storage, engine) = tokio::join!(self.store.check(), self.engine.ping());
-        let mut checks = vec![
-            ("ssh", Ok(())),
-            ("storage", storage.map_err(|e| e.to_string())),
-            ("engine", engine.map_err(|e| e.to_string())),
-        ];
-        if with_controller {
-            checks.push((
-                "controller",
-                self.controller.check().await.map_err(|e| e.to_string()),
-            ));
+        let ssh = if self.ssh_listening.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("not accepting SSH connections".to_owned())
+        };
+        let controller = async {
+            if with_controller {
+                Some(bounded(self.controller.check()).await)
+            } else {
+                None
+            }
+        };
+        let (storage, engine, controller) = tokio::join!(
+            bounded(self.store.check()),
+            bounded(self.engine.ping()),
+            controller
+        );
+        let mut checks = vec![("ssh", ssh), ("storage", storage), ("engine", engine)];
+        if let Some(controller) = controller {
+            checks.push(("controller", controller));
         }
         checks
     }
@@ -253,6 +314,27 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_reports_name_what_failed() {
+        let (status, Json(body)) = report(vec![("ssh", Ok(())), ("engine", Ok(()))]);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"status": "ok", "ok": true, "checks": {"ssh": "ok", "engine": "ok"}})
+        );
+        let (status, Json(body)) = report(vec![
+            ("ssh", Ok(())),
+            ("storage", Err("cannot reach http://s3:9000".to_owned())),
+        ]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "error");
+        assert_eq!(
+            body["checks"]["storage"],
+            "error: cannot reach http://s3:9000"
+        );
+        assert_eq!(body["checks"]["ssh"], "ok");
+    }
     use crate::controller::ControllerError;
     use crate::engine::EngineError;
 

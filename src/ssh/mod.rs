@@ -6,6 +6,7 @@ pub mod keys;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +23,6 @@ use tracing::Instrument;
 use crate::controller::{md5_fingerprint, Controller, User};
 use crate::git::{ClientSink, GitServer};
 
-/// Connections served at once; the rest wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 256;
 /// Client bytes buffered per channel before the session waits for git to read them.
 const STDIN_CHUNKS: usize = 64;
 
@@ -31,40 +30,51 @@ pub struct SshServer {
     pub config: Arc<russh::server::Config>,
     pub controller: Arc<dyn Controller>,
     pub git: GitServer,
+    /// Connections served at once; more are refused until one ends.
+    pub max_connections: usize,
+    /// Connections that have not authenticated by then are dropped.
+    pub login_timeout: Duration,
 }
 
-pub fn server_config(keys: Vec<PrivateKey>) -> russh::server::Config {
+pub fn server_config(
+    keys: Vec<PrivateKey>,
+    limits: &crate::config::LimitSettings,
+) -> russh::server::Config {
     russh::server::Config {
         keys,
         methods: MethodSet::from(&[MethodKind::PublicKey][..]),
         // OpenSSH tries `none` first; without this every push pays a rejection delay.
         auth_rejection_time: Duration::from_secs(1),
         auth_rejection_time_initial: Some(Duration::ZERO),
-        max_auth_attempts: 10,
-        // Keepalives stop idle timeouts from cutting builds that print nothing for a while.
-        keepalive_interval: Some(Duration::from_secs(30)),
-        inactivity_timeout: Some(Duration::from_secs(3600)),
+        max_auth_attempts: limits.max_auth_attempts,
+        // russh restarts its inactivity timer on any traffic but its own keepalives; the
+        // client's answers to them count, so a build that prints nothing for longer than
+        // the idle timeout survives as long as the client is there. A client that stops
+        // answering is dropped after `keepalive_max` (3) unanswered ones.
+        keepalive_interval: Some(keepalive_interval(limits.idle_timeout)),
+        inactivity_timeout: Some(limits.idle_timeout),
         nodelay: true,
         ..Default::default()
     }
 }
 
+/// Often enough that several keepalives fit in one idle timeout, at most every 30 s.
+fn keepalive_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
 impl SshServer {
     /// The accept loop. Returns when `stop_accepting` fires; live connections, tracked by
-    /// `tracker`, run on until they end or `abort` fires.
+    /// `tracker`, run on until they end (the git server stops their work on shutdown).
     pub async fn run(
         self,
         listener: TcpListener,
         stop_accepting: CancellationToken,
-        abort: CancellationToken,
         tracker: TaskTracker,
     ) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let limit = Arc::new(Semaphore::new(self.max_connections));
         let this = Arc::new(self);
         loop {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
-            };
             let (stream, peer) = tokio::select! {
                 () = stop_accepting.cancelled() => return,
                 accepted = listener.accept() => match accepted {
@@ -76,27 +86,66 @@ impl SshServer {
                     }
                 },
             };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                // Refused rather than left in the accept queue, where the client would hang.
+                tracing::warn!(%peer, limit = this.max_connections, "connection refused: too many connections");
+                tokio::spawn(refuse_connection(stream));
+                continue;
+            };
+            // Lets the login timer close the socket under the session, whatever state the
+            // handshake is in (a duplicate descriptor of the same socket).
+            let socket = stream
+                .as_fd()
+                .try_clone_to_owned()
+                .map(std::net::TcpStream::from);
+            let authenticated = CancellationToken::new();
+            // One span per connection; `user` is filled in once a key is accepted.
+            let span = tracing::info_span!("ssh", %peer, user = tracing::field::Empty);
             let handler = Connection {
+                span: span.clone(),
                 controller: this.controller.clone(),
                 git: this.git.clone(),
                 user: None,
                 channels: HashMap::new(),
                 git_protocol: None,
-                cancel: abort.child_token(),
+                cancel: CancellationToken::new(),
+                authenticated: authenticated.clone(),
                 tracker: tracker.clone(),
             };
             let config = this.config.clone();
-            let span = tracing::info_span!("ssh", %peer);
+            let login_timeout = this.login_timeout;
             tracker.spawn(
                 async move {
                     let _permit = permit;
-                    match russh::server::run_stream(config, stream, handler).await {
-                        Ok(session) => {
-                            if let Err(error) = session.await {
-                                tracing::debug!(%error, "session ended with an error");
+                    let session = async {
+                        match russh::server::run_stream(config, stream, handler).await {
+                            Ok(session) => {
+                                if let Err(error) = session.await {
+                                    tracing::debug!(%error, "session ended with an error");
+                                }
+                            }
+                            Err(error) => tracing::debug!(%error, "handshake failed"),
+                        }
+                    };
+                    let login_timer = async {
+                        tokio::select! {
+                            () = authenticated.cancelled() => {}
+                            () = tokio::time::sleep(login_timeout) => {
+                                tracing::info!(?login_timeout, "dropped: not authenticated in time");
+                                match &socket {
+                                    Ok(socket) => {
+                                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                                    }
+                                    Err(error) => tracing::warn!(%error, "cannot close the connection"),
+                                }
                             }
                         }
-                        Err(error) => tracing::debug!(%error, "handshake failed"),
+                        // The session ends on its own from here.
+                        std::future::pending::<()>().await;
+                    };
+                    tokio::select! {
+                        () = session => {}
+                        () = login_timer => {}
                     }
                 }
                 .instrument(span),
@@ -106,6 +155,9 @@ impl SshServer {
 }
 
 struct Connection {
+    /// russh runs the handler on a task of its own, outside the span the session future
+    /// is instrumented with: events here name it as their parent explicitly.
+    span: tracing::Span,
     controller: Arc<dyn Controller>,
     git: GitServer,
     user: Option<User>,
@@ -114,6 +166,8 @@ struct Connection {
     git_protocol: Option<String>,
     /// Fires when the connection ends, so its git processes and builds stop.
     cancel: CancellationToken,
+    /// Fires once a key is accepted: stops the login timer.
+    authenticated: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -185,12 +239,15 @@ impl russh::server::Handler for Connection {
         let fingerprint = md5_fingerprint(&blob);
         match self.controller.user_for_key(&fingerprint).await {
             Ok(found) => {
-                tracing::info!(user = %found.username, %fingerprint, "authenticated");
+                self.span.record("user", found.username.as_str());
+                tracing::info!(parent: &self.span, user = %found.username, %fingerprint, "authenticated");
                 self.user = Some(found);
+                self.authenticated.cancel();
                 Ok(Auth::Accept)
             }
             Err(error) => {
-                tracing::info!(ssh_user = %crate::names::printable(user), %fingerprint, %error, "public key refused");
+                crate::metrics::auth_failed();
+                tracing::info!(parent: &self.span, ssh_user = %crate::names::printable(user), %fingerprint, %error, "public key refused");
                 Ok(Auth::reject())
             }
         }
@@ -225,13 +282,13 @@ impl russh::server::Handler for Connection {
         let command = match parsed {
             Ok(command) => command,
             Err(error) => {
-                tracing::info!(user = %user.username, %error, "exec refused");
+                tracing::info!(parent: &self.span, user = %user.username, %error, "exec refused");
                 tokio::spawn(async move { writer.refuse(&format!("deis-builder: {error}")).await });
                 return Ok(());
             }
         };
         if !user.may_push(command.app.as_str()) {
-            tracing::info!(user = %user.username, app = %command.app, "app access refused");
+            tracing::info!(parent: &self.span, user = %user.username, app = %command.app, "app access refused");
             let msg = format!(
                 "deis-builder: user {} has no access to app {}",
                 user.username, command.app
@@ -247,7 +304,7 @@ impl russh::server::Handler for Connection {
         let git = self.git.clone();
         let cancel = self.cancel.child_token();
         let protocol = self.git_protocol.clone();
-        let span = tracing::info_span!("git", app = %command.app, user = %user.username, service = command.service.subcommand());
+        let span = tracing::info_span!(parent: &self.span, "git", app = %command.app, user = %user.username, service = command.service.subcommand(), push_id = tracing::field::Empty);
         self.tracker.spawn(
             async move {
                 tracing::info!("started");
@@ -275,6 +332,7 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        crate::metrics::ssh_bytes_received(data.len());
         if let Some(Some(stdin)) = self.channels.get(&channel) {
             // Waiting here is our backpressure: git reads slower than the client sends.
             if stdin.send(Bytes::copy_from_slice(data)).await.is_err() {
@@ -367,6 +425,25 @@ impl russh::server::Handler for Connection {
         session.channel_failure(channel)?;
         Ok(())
     }
+}
+
+/// What a client over the connection limit reads before the socket closes (OpenSSH shows
+/// lines before the protocol banner with `-v`).
+const TOO_MANY_CONNECTIONS: &str = "deis-builder: too many connections; try again in a moment\r\n";
+
+/// Tells a client over the connection limit why, then closes gracefully: closing with its
+/// banner unread would reset the connection and lose the line.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let farewell = async {
+        stream.write_all(TOO_MANY_CONNECTIONS.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut buf = [0u8; 1024];
+        while stream.read(&mut buf).await? > 0 {}
+        std::io::Result::Ok(())
+    };
+    // Bounded: a refused client gets two seconds of our time at most.
+    let _ = tokio::time::timeout(Duration::from_secs(2), farewell).await;
 }
 
 /// Used in start-up logs.

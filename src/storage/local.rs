@@ -10,7 +10,7 @@ use super::{validate_key, Body, ObjectReader, ObjectStore, StorageError};
 
 /// Directory under the root holding uploads in progress. It lives on the same filesystem as the
 /// objects so publishing is an atomic rename. Keys under it are refused.
-const TEMP_DIR_NAME: &str = ".tmp";
+pub const TEMP_DIR_NAME: &str = ".tmp";
 /// Temp files untouched for this long are leftovers of a crash and are removed on `open`.
 /// An upload in progress keeps its file's mtime fresh, so only dead ones are that old.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60 * 60);

@@ -11,7 +11,7 @@ mod s3;
 
 pub use error::StorageError;
 pub use key::{validate_key, MAX_KEY_BYTES};
-pub use local::LocalStore;
+pub use local::{LocalStore, TEMP_DIR_NAME as LOCAL_TEMP_DIR};
 pub use s3::{S3Settings, S3Store, MAX_PARTS, PART_SIZE};
 
 /// The data to upload: any async reader, read once to its end.

@@ -19,13 +19,21 @@ use tokio::io::AsyncReadExt;
 use super::{validate_key, Body, ObjectReader, ObjectStore, StorageError};
 
 /// Size of each multipart part, and the threshold below which a single PutObject is used.
-/// S3 wants parts of at least 5 MiB (except the last); one part is buffered at a time.
+/// S3 wants parts of at least 5 MiB (except the last); at most [`PARTS_IN_FLIGHT`] + 1 parts
+/// are buffered per upload.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// S3's limit on parts per upload; with [`PART_SIZE`] that caps an object at 80 GiB.
 pub const MAX_PARTS: usize = 10_000;
+/// Part uploads running at once (plus one part being read): overlaps the producer, the
+/// network and the server's per-part work while keeping memory at a few parts per upload.
+pub const PARTS_IN_FLIGHT: usize = 3;
 
 const DEFAULT_REGION: &str = "us-east-1";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// One request (an 8 MiB part at most; a streamed download only until its headers) that
+/// takes longer is a hung server: the attempt is dropped and retried, so a push fails with
+/// a message instead of hanging.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Health checks must answer quickly and say "down" rather than hang or retry.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -150,6 +158,7 @@ impl S3Store {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .build(),
             );
         let description = match &endpoint {
@@ -292,8 +301,9 @@ impl S3Store {
         }
     }
 
-    /// Uploads the parts one at a time (only the current one is in memory) and completes the
-    /// upload. The caller aborts it on error.
+    /// Uploads the parts, up to [`PARTS_IN_FLIGHT`] at once while the next one is read from
+    /// `body` (so a slow producer and a slow server overlap), and completes the upload. The
+    /// caller aborts it on error; part uploads still running then are cancelled.
     async fn upload_parts(
         &self,
         key: &str,
@@ -302,31 +312,27 @@ impl S3Store {
         next_byte: u8,
         body: Body<'_>,
     ) -> Result<u64, StorageError> {
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut completed_parts = Vec::new();
         let mut written: u64 = 0;
         let mut part = first_part;
         let mut carried = Some(next_byte);
         for part_number in 1..=MAX_PARTS {
-            let part_length = part.len() as u64;
-            let uploaded = self
+            written += part.len() as u64;
+            let request = self
                 .client
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(upload_id)
                 .part_number(part_number as i32)
-                .body(ByteStream::from(part))
-                .send()
-                .await
-                .map_err(|error| self.key_error("put", key, &error))?;
-            written += part_length;
-            completed_parts.push(
-                CompletedPart::builder()
-                    .set_e_tag(uploaded.e_tag().map(str::to_owned))
-                    .part_number(part_number as i32)
-                    .build(),
-            );
+                .body(ByteStream::from(part));
+            in_flight.spawn(async move { (part_number, request.send().await) });
             let Some(byte) = carried else {
+                while let Some(finished) = in_flight.join_next().await {
+                    completed_parts.push(self.finished_part(key, finished)?);
+                }
+                completed_parts.sort_by_key(|part| part.part_number());
                 self.client
                     .complete_multipart_upload()
                     .bucket(&self.bucket)
@@ -342,6 +348,12 @@ impl S3Store {
                     .map_err(|error| self.key_error("put", key, &error))?;
                 return Ok(written);
             };
+            // Bounded memory: PARTS_IN_FLIGHT parts uploading plus the one being read.
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                if let Some(finished) = in_flight.join_next().await {
+                    completed_parts.push(self.finished_part(key, finished)?);
+                }
+            }
             (part, carried) = read_part(body, Some(byte))
                 .await
                 .map_err(|cause| self.body_error(key, cause))?;
@@ -352,7 +364,31 @@ impl S3Store {
             limit_bytes: (PART_SIZE as u64) * (MAX_PARTS as u64),
         })
     }
+
+    /// The outcome of one part upload task, as the entry CompleteMultipartUpload needs.
+    fn finished_part(
+        &self,
+        key: &str,
+        finished: Result<(usize, UploadPartResult), tokio::task::JoinError>,
+    ) -> Result<CompletedPart, StorageError> {
+        let (part_number, result) = finished.map_err(|error| StorageError::S3 {
+            operation: "put",
+            target: format!("{key:?} in {}", self.description),
+            code: None,
+            detail: format!("a part upload task failed: {error}"),
+        })?;
+        let uploaded = result.map_err(|error| self.key_error("put", key, &error))?;
+        Ok(CompletedPart::builder()
+            .set_e_tag(uploaded.e_tag().map(str::to_owned))
+            .part_number(part_number as i32)
+            .build())
+    }
 }
+
+type UploadPartResult = Result<
+    aws_sdk_s3::operation::upload_part::UploadPartOutput,
+    SdkError<aws_sdk_s3::operation::upload_part::UploadPartError>,
+>;
 
 /// Reads up to one part. Returns the part and, when the body goes on, the first byte of the
 /// next part: peeking one byte is how a body of exactly one full part is recognised as a
@@ -734,6 +770,36 @@ mod tests {
             sha256_of(store.get("exact-plus-one").await.unwrap().unwrap()).await,
             FailingReader::expected_sha256(exact + 1)
         );
+    }
+
+    #[tokio::test]
+    async fn more_parts_than_in_flight_keep_their_order() {
+        let Some(settings) = it_settings() else {
+            return;
+        };
+        let store = S3Store::connect(settings).await.unwrap();
+        let parts = PARTS_IN_FLIGHT as u64 + 3;
+        let size = (parts - 1) * PART_SIZE as u64 + 12_345;
+        let written = store
+            .put("many", &mut FailingReader::new(size, None))
+            .await
+            .unwrap();
+        assert_eq!(written, size);
+        let reader = store.get("many").await.unwrap().unwrap();
+        assert_eq!(
+            sha256_of(reader).await,
+            FailingReader::expected_sha256(size)
+        );
+        assert!(head_etag(&store, "many")
+            .await
+            .ends_with(&format!("-{parts}\"")));
+
+        // A body failing while parts are uploading: no object, no upload left.
+        let fail_at = (PARTS_IN_FLIGHT as u64 + 1) * PART_SIZE as u64 + 99;
+        let mut body = FailingReader::new(size, Some(fail_at));
+        store.put("many-failed", &mut body).await.unwrap_err();
+        assert!(!store.exists("many-failed").await.unwrap());
+        assert_eq!(uploads_in_progress(&store).await, 0);
     }
 
     #[tokio::test]

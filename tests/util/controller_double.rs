@@ -68,6 +68,9 @@ struct DoubleState {
     queued_failures: VecDeque<(u16, Value)>,
     healthz_status: u16,
     reply_delay: Duration,
+    /// Build hooks are answered after this long; the release is cut then even if the
+    /// builder stopped waiting (see [`ControllerDouble::delay_builds`]).
+    build_delay: Duration,
     versions: HashMap<String, u64>,
     requests: Vec<RecordedRequest>,
     builds: Vec<Value>,
@@ -107,6 +110,7 @@ impl ControllerDouble {
             queued_failures: VecDeque::new(),
             healthz_status: 200,
             reply_delay: Duration::ZERO,
+            build_delay: Duration::ZERO,
             versions: HashMap::new(),
             requests: Vec::new(),
             builds: Vec::new(),
@@ -180,6 +184,13 @@ impl ControllerDouble {
     /// Waits this long before answering any request. For timeout tests.
     pub fn delay_replies(&self, delay: Duration) {
         lock(&self.state).reply_delay = delay;
+    }
+
+    /// Build hooks are answered only after `delay`. The release is cut at the end of the
+    /// delay whether or not the builder still waits, as a real controller finishes its work
+    /// after the client gave up. For release timeout and cancellation tests.
+    pub fn delay_builds(&self, delay: Duration) {
+        lock(&self.state).build_delay = delay;
     }
 
     /// Every request received so far, in order (including refused ones).
@@ -261,6 +272,29 @@ async fn route(state: &SharedState, request: Request) -> Response {
         }
         let status = lock(state).healthz_status;
         return reply(status, Value::Null);
+    }
+
+    let build_delay = lock(state).build_delay;
+    if path == "/v2/hooks/build/" && parts.method == Method::POST && !build_delay.is_zero() {
+        let authorized = presented_key.as_deref() == Some(lock(state).builder_key.as_str());
+        let state = Arc::clone(state);
+        // Detached: dropping this handler (the builder hung up) does not stop the release.
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(build_delay).await;
+            if !authorized {
+                return detail(
+                    StatusCode::UNAUTHORIZED,
+                    "Authentication credentials were not provided.",
+                );
+            }
+            build_hook(&mut lock(&state), body_json)
+        });
+        return release.await.unwrap_or_else(|_| {
+            detail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the double's release task failed",
+            )
+        });
     }
 
     let mut state = lock(state);

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod controller_double;
+pub mod proxy;
 pub mod registry;
 
 use std::io::{BufRead, BufReader, Read};
@@ -68,6 +69,8 @@ pub struct BuilderOptions {
     pub storage: Storage,
     pub controller: ControllerMode,
     pub extra_args: Vec<String>,
+    /// Extra environment of the builder process (e.g. `DOCKER_HOST`).
+    pub envs: Vec<(String, String)>,
 }
 
 impl Default for BuilderOptions {
@@ -76,6 +79,7 @@ impl Default for BuilderOptions {
             storage: Storage::Local,
             controller: ControllerMode::Standalone,
             extra_args: Vec::new(),
+            envs: Vec::new(),
         }
     }
 }
@@ -93,7 +97,11 @@ pub struct Builder {
 
 impl Builder {
     pub fn start(options: BuilderOptions) -> Builder {
-        let data_dir = tempfile::tempdir().unwrap();
+        Builder::start_in(options, tempfile::tempdir().unwrap())
+    }
+
+    /// Like [`Builder::start`], with a data dir the test prepared (e.g. a small mount).
+    pub fn start_in(options: BuilderOptions, data_dir: TempDir) -> Builder {
         let ssh_port = free_port();
         let http_port = free_port();
         let log_path = data_dir.path().join("builder.log");
@@ -125,6 +133,7 @@ impl Builder {
             envs.push(("DEIS_BUILDER_KEY".to_owned(), key.clone()));
         }
         args.extend(options.extra_args.iter().cloned());
+        envs.extend(options.envs.iter().cloned());
         let mut builder = Builder {
             child: None,
             args,
@@ -146,8 +155,9 @@ impl Builder {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_deis-builder"))
             .args(&self.args)
-            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            // Before the test's own environment, so a test may set another level.
             .env("RUST_LOG", "info,deis_builder=debug")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env_remove("DEIS_CONTROLLER_SERVICE_HOST")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -156,6 +166,11 @@ impl Builder {
             .expect("start deis-builder");
         self.child = Some(child);
         self.wait_ready();
+    }
+
+    /// The builder's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILLs the builder (no clean-up runs) and starts it again on the same data dir.
@@ -401,6 +416,22 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 impl App {
+    /// The dockerfile-web fixture, built FROM the stack image under test, with unique
+    /// content so the engine's layer cache cannot skip the steps a test watches.
+    pub fn dockerfile_on_stack() -> App {
+        let app = App::from_fixture("dockerfile-web");
+        let path = app.dir.path().join("Dockerfile");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "FROM deis-builder/stack:bookworm",
+            &format!("FROM {}", stack_image()),
+        );
+        std::fs::write(&path, text).unwrap();
+        std::fs::write(app.dir.path().join("build-id"), unique("build")).unwrap();
+        app.git(&["add", "-A"]);
+        app.git(&["commit", "-q", "-m", "use the stack image under test"]);
+        app
+    }
+
     pub fn from_fixture(name: &str) -> App {
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("cp")
@@ -738,6 +769,24 @@ impl S3 {
             runtime,
             client: aws_sdk_s3::Client::from_conf(config),
         }
+    }
+
+    /// Keys of multipart uploads started and neither completed nor aborted.
+    pub fn pending_uploads(&self, bucket: &str) -> Vec<String> {
+        self.runtime.block_on(async {
+            let listed = self
+                .client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send()
+                .await
+                .unwrap();
+            listed
+                .uploads()
+                .iter()
+                .filter_map(|u| u.key().map(str::to_owned))
+                .collect()
+        })
     }
 
     pub fn keys(&self, bucket: &str) -> Vec<String> {
