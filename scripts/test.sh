@@ -67,20 +67,19 @@ section "cargo test"
 cargo test --workspace --all-targets "${cargo_args[@]}" -- \
     --test-threads="${DEIS_TEST_THREADS:-2}" "${test_binary_args[@]}"
 
-# The unpacker reads slugs from storage: fuzz it with libFuzzer for a short while (the
-# stable mutation fuzzer in tests/slugrunner.rs ran above). Only on full runs (no test
-# filter); DEIS_FUZZ_SECONDS=0 skips it.
-fuzz_seconds=${DEIS_FUZZ_SECONDS:-20}
+# Parsers of untrusted input (slug unpacking, SSH commands, names and refs, Procfiles,
+# .slugignore, controller replies) get a short libFuzzer run each: DEIS_FUZZ_SECONDS
+# (default 60) split across the targets. Only on full runs (no test filter);
+# DEIS_FUZZ_SECONDS=0 skips it. Longer runs: scripts/fuzz.sh [seconds-per-target].
+fuzz_seconds=${DEIS_FUZZ_SECONDS:-60}
 if ((fuzz_seconds > 0 && ${#cargo_args[@]} == 0)); then
-    section "cargo fuzz run unpack (${fuzz_seconds}s)"
-    ensure_cargo_fuzz
+    fuzz_targets=6
+    per_target=$((fuzz_seconds / fuzz_targets))
+    ((per_target > 0)) || per_target=1
+    section "fuzzing (${per_target}s per target)"
     fuzz_scratch=$(mktemp -d "${TMPDIR:-/tmp}/deis-fuzz.XXXXXX")
-    mkdir -p "$fuzz_scratch/corpus" "$fuzz_scratch/artifacts"
     fuzz_status=0
-    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir "$repo_root/fuzz" \
-        --target-dir "$CARGO_TARGET_DIR/fuzz" unpack "$fuzz_scratch/corpus" -- \
-        -max_total_time="$fuzz_seconds" -artifact_prefix="$fuzz_scratch/artifacts/" \
-        -print_final_stats=1 || fuzz_status=$?
+    DEIS_FUZZ_WORK=$fuzz_scratch "$repo_root/scripts/fuzz.sh" "$per_target" || fuzz_status=$?
     if ((fuzz_status != 0)); then
         echo "fuzzing found a problem; inputs kept in $fuzz_scratch/artifacts" >&2
         exit "$fuzz_status"
