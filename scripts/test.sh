@@ -64,7 +64,10 @@ section "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
 section "cargo test"
-cargo test --workspace --all-targets "${cargo_args[@]}" -- \
+# Everything (bench targets included, as a smoke run) unless arguments pick targets.
+full_run=$((${#cargo_args[@]} == 0))
+((full_run)) && cargo_args=(--workspace --all-targets)
+cargo test "${cargo_args[@]}" -- \
     --test-threads="${DEIS_TEST_THREADS:-2}" "${test_binary_args[@]}"
 
 # Parsers of untrusted input (slug unpacking, SSH commands, names and refs, Procfiles,
@@ -72,7 +75,7 @@ cargo test --workspace --all-targets "${cargo_args[@]}" -- \
 # (default 60) split across the targets. Only on full runs (no test filter);
 # DEIS_FUZZ_SECONDS=0 skips it. Longer runs: scripts/fuzz.sh [seconds-per-target].
 fuzz_seconds=${DEIS_FUZZ_SECONDS:-60}
-if ((fuzz_seconds > 0 && ${#cargo_args[@]} == 0)); then
+if ((fuzz_seconds > 0 && full_run)); then
     fuzz_targets=6
     per_target=$((fuzz_seconds / fuzz_targets))
     ((per_target > 0)) || per_target=1
