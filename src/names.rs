@@ -280,6 +280,38 @@ pub fn select_commit(updates: &[String]) -> Result<CommitId, String> {
 mod tests {
     use super::*;
 
+    const OLD: &str = "0000000000000000000000000000000000000000";
+    const NEW: &str = "1111111111111111111111111111111111111111";
+
+    fn update(new: &str, refname: &str) -> String {
+        format!("{OLD} {new} {refname}")
+    }
+
+    #[test]
+    fn master_and_main_deploy() {
+        for r in ["refs/heads/master", "refs/heads/main"] {
+            assert_eq!(select_commit(&[update(NEW, r)]).unwrap().as_str(), NEW);
+        }
+    }
+
+    #[test]
+    fn other_refs_and_deletions_are_refused_with_advice() {
+        let err = select_commit(&[update(NEW, "refs/heads/feature")]).unwrap_err();
+        assert!(err.contains("git push deis HEAD:master"), "{err}");
+        let err = select_commit(&[update(NEW, "refs/tags/v1")]).unwrap_err();
+        assert!(err.contains("git push deis HEAD:master"), "{err}");
+        let err = select_commit(&[update(OLD, "refs/heads/master")]).unwrap_err();
+        assert!(err.contains("deleting master"), "{err}");
+        assert!(select_commit(&[
+            update(NEW, "refs/heads/master"),
+            update(NEW, "refs/heads/main")
+        ])
+        .is_err());
+        assert!(select_commit(&[]).is_err());
+        assert!(select_commit(&["garbage".into()]).is_err());
+        assert!(select_commit(&[update("xyz", "refs/heads/master")]).is_err());
+    }
+
     #[test]
     fn ref_errors_quote_untrusted_names_printably() {
         // Found by the `names` fuzz target: a deletion's message quoted the ref raw.

@@ -8,14 +8,13 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::cache::{self, Restore, RestoredCache, Saved};
 use super::fetch::{self, BuildpackUrl, FetchedBuildpack, Fetcher, UrlKind, Workspace};
-use super::redact::Redactor;
+use super::redact::{RedactedOutput, Redactor};
 use super::timing::{Stage, StageTimes};
 use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published, STACK};
 use crate::engine::{BuildContainer, BuildContainerSpec, EngineError};
@@ -331,25 +330,18 @@ impl Pipeline {
         &self,
         container: &BuildContainer,
         out: &Output,
-        mut redactor: Redactor,
+        redactor: Redactor,
     ) -> Result<(), BuildError> {
         let relay = async {
+            let mut shown = RedactedOutput::new(out, redactor);
             let mut output = std::pin::pin!(container.output());
             while let Some(chunk) = output.next().await {
                 match chunk {
-                    Ok(data) => {
-                        let shown = redactor.push(&data);
-                        if !shown.is_empty() {
-                            out.bytes(Bytes::from(shown)).await;
-                        }
-                    }
+                    Ok(data) => shown.write(&data).await,
                     Err(error) => tracing::warn!(%error, "build output interrupted"),
                 }
             }
-            let rest = redactor.finish();
-            if !rest.is_empty() {
-                out.bytes(Bytes::from(rest)).await;
-            }
+            shown.finish().await;
         };
         let timeout = self.settings.timeout;
         let code = tokio::time::timeout(timeout, async { tokio::join!(relay, container.wait()).1 })

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures_util::{Stream, StreamExt};
 
-use super::redact::Redactor;
+use super::redact::{RedactedOutput, Redactor};
 use super::{blocking_writer, input, Artifact, BuildError, Pipeline, Published, PublishedImage};
 use crate::config::RegistrySettings;
 use crate::engine::{EngineError, ImageBuild, RegistryApi, RegistryAuth};
@@ -263,28 +263,21 @@ pub(super) async fn relay(
 async fn relay_redacted(
     stream: impl Stream<Item = Result<String, EngineError>>,
     out: &Output,
-    mut redactor: Redactor,
+    redactor: Redactor,
 ) -> Result<(), EngineError> {
     let mut stream = std::pin::pin!(stream);
+    let mut shown = RedactedOutput::new(out, redactor);
     let mut result = Ok(());
     while let Some(item) = stream.next().await {
         match item {
-            Ok(text) => {
-                let shown = redactor.push(text.as_bytes());
-                if !shown.is_empty() {
-                    out.bytes(bytes::Bytes::from(shown)).await;
-                }
-            }
+            Ok(text) => shown.write(text.as_bytes()).await,
             Err(error) => {
                 result = Err(error);
                 break;
             }
         }
     }
-    let rest = redactor.finish();
-    if !rest.is_empty() {
-        out.bytes(bytes::Bytes::from(rest)).await;
-    }
+    shown.finish().await;
     result
 }
 

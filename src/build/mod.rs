@@ -215,19 +215,17 @@ impl Pipeline {
 
         let plan = self.plan(push, &config.values).await?;
         let build_started = Instant::now();
-        let built = match plan {
-            Plan::Buildpack => {
+        let (kind, built) = match plan {
+            Plan::Buildpack => (
+                BuildKind::Buildpack,
                 self.buildpack_build(push, &config.values, out, published, &keys, times)
-                    .await
-            }
-            Plan::Dockerfile => {
+                    .await,
+            ),
+            Plan::Dockerfile => (
+                BuildKind::Dockerfile,
                 self.dockerfile_build(push, &config.values, out, published)
-                    .await
-            }
-        };
-        let kind = match plan {
-            Plan::Buildpack => BuildKind::Buildpack,
-            Plan::Dockerfile => BuildKind::Dockerfile,
+                    .await,
+            ),
         };
         metrics::build_finished(kind, build_started.elapsed());
         let artifact = built?;

@@ -139,6 +139,22 @@ impl BuildQueue {
     }
 }
 
+impl BuildQueue {
+    /// [`BuildQueue::acquire`], telling the client its place in line on `out`.
+    pub async fn acquire_telling(&self, out: &crate::push::Output) -> BuildSlot {
+        self.acquire(|place| {
+            let out = out.clone();
+            async move {
+                out.step(format!(
+                    "Waiting for a build slot (position {place} in queue)"
+                ))
+                .await;
+            }
+        })
+        .await
+    }
+}
+
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)

@@ -18,6 +18,34 @@
 
 use std::collections::BTreeMap;
 
+/// Build output on its way to the client, through a [`Redactor`].
+pub(super) struct RedactedOutput<'a> {
+    out: &'a crate::push::Output,
+    redactor: Redactor,
+}
+
+impl<'a> RedactedOutput<'a> {
+    pub fn new(out: &'a crate::push::Output, redactor: Redactor) -> RedactedOutput<'a> {
+        RedactedOutput { out, redactor }
+    }
+
+    /// Shows what of `chunk` is safe to show now.
+    pub async fn write(&mut self, chunk: &[u8]) {
+        let shown = self.redactor.push(chunk);
+        if !shown.is_empty() {
+            self.out.bytes(bytes::Bytes::from(shown)).await;
+        }
+    }
+
+    /// The end of the output: shows what was held back.
+    pub async fn finish(mut self) {
+        let rest = self.redactor.finish();
+        if !rest.is_empty() {
+            self.out.bytes(bytes::Bytes::from(rest)).await;
+        }
+    }
+}
+
 impl super::Pipeline {
     /// The builder's own credentials that build output must never show (see
     /// [`Redactor::for_build`]).

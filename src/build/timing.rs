@@ -49,8 +49,7 @@ impl StageTimes {
     }
 
     pub fn millis(&self, stage: Stage) -> u64 {
-        let spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner)[stage as usize];
-        u64::try_from(spent.as_millis()).unwrap_or(u64::MAX)
+        millis(self.spent.lock().unwrap_or_else(PoisonError::into_inner)[stage as usize])
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{GitServer, Source, ENV_HOOK_SOCKET, ENV_PUSH_ID, RESTARTING};
 use crate::build::queue::BuildQueue;
+use crate::names::select_commit;
 use crate::push::{Output, Push, PushRunner, Verdict};
 
 const TAG_OUTPUT: u8 = b'o';
@@ -251,17 +252,8 @@ async fn run_in_turn(
     if shutdown.draining.is_cancelled() {
         return restarting(out).await;
     }
-    let waiting = queue.acquire(|place| {
-        let out = out.clone();
-        async move {
-            out.step(format!(
-                "Waiting for a build slot (position {place} in queue)"
-            ))
-            .await;
-        }
-    });
     let slot = tokio::select! {
-        slot = waiting => slot,
+        slot = queue.acquire_telling(&out) => slot,
         // The client went away while waiting: leave the line quietly.
         () = cancel.cancelled() => {
             crate::metrics::push_finished(crate::metrics::PushResult::Cancelled);
@@ -299,44 +291,9 @@ fn quarantine_env(env: &[(String, String)], git_dir: &Path) -> Vec<(String, Stri
         .collect()
 }
 
-// Parsed with the other edge values (and fuzzed there).
-pub use crate::names::select_commit;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const OLD: &str = "0000000000000000000000000000000000000000";
-    const NEW: &str = "1111111111111111111111111111111111111111";
-
-    fn update(new: &str, refname: &str) -> String {
-        format!("{OLD} {new} {refname}")
-    }
-
-    #[test]
-    fn master_and_main_deploy() {
-        for r in ["refs/heads/master", "refs/heads/main"] {
-            assert_eq!(select_commit(&[update(NEW, r)]).unwrap().as_str(), NEW);
-        }
-    }
-
-    #[test]
-    fn other_refs_and_deletions_are_refused_with_advice() {
-        let err = select_commit(&[update(NEW, "refs/heads/feature")]).unwrap_err();
-        assert!(err.contains("git push deis HEAD:master"), "{err}");
-        let err = select_commit(&[update(NEW, "refs/tags/v1")]).unwrap_err();
-        assert!(err.contains("git push deis HEAD:master"), "{err}");
-        let err = select_commit(&[update(OLD, "refs/heads/master")]).unwrap_err();
-        assert!(err.contains("deleting master"), "{err}");
-        assert!(select_commit(&[
-            update(NEW, "refs/heads/master"),
-            update(NEW, "refs/heads/main")
-        ])
-        .is_err());
-        assert!(select_commit(&[]).is_err());
-        assert!(select_commit(&["garbage".into()]).is_err());
-        assert!(select_commit(&[update("xyz", "refs/heads/master")]).is_err());
-    }
 
     #[test]
     fn quarantine_env_stays_inside_the_repo() {

@@ -163,18 +163,7 @@ async fn import(
         String::from_utf8_lossy(&log).into_owned()
     });
     // A caller that hangs up while waiting leaves the line (axum drops this future).
-    let _slot = imports
-        .builds
-        .acquire(|place| {
-            let out = out.clone();
-            async move {
-                out.step(format!(
-                    "Waiting for a build slot (position {place} in queue)"
-                ))
-                .await;
-            }
-        })
-        .await;
+    let _slot = imports.builds.acquire_telling(&out).await;
     let started = Instant::now();
     let result = imports.pipeline.import(&request, &out).await;
     crate::metrics::build_finished(BuildKind::Import, started.elapsed());
