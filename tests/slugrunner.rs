@@ -834,7 +834,7 @@ fn pipeline_slug_in_s3_serves_http_and_runs_other_process_types() {
     worker.assert_exit(0);
     assert!(worker.stdout.contains("worker ran"), "{worker:?}");
 
-    // An unknown type lists the known ones; nothing runs.
+    // A word that is neither a type nor a command lists the known types.
     let mut unknown_args = s3_env;
     unknown_args.extend([
         "-e".into(),
@@ -850,7 +850,7 @@ fn pipeline_slug_in_s3_serves_http_and_runs_other_process_types() {
     assert!(
         unknown
             .stderr
-            .contains("unknown process type \"clock\"; known types: web, worker"),
+            .contains("\"clock\" is neither a process type (known types: web, worker)"),
         "{unknown:?}"
     );
 }
@@ -1202,7 +1202,7 @@ fn every_slug_source_and_clear_errors() {
                 "nope".into(),
             ],
             Some(&slug),
-            "unknown process type \"nope\"; known types: once, web".to_owned(),
+            "\"nope\" is neither a process type (known types: once, web) nor a command".to_owned(),
         ),
         (
             vec![
@@ -1214,7 +1214,7 @@ fn every_slug_source_and_clear_errors() {
                 "web".into(),
             ],
             Some(&no_metadata),
-            "no Procfile and no .release in /app".to_owned(),
+            "\"web\" is neither a process type (no Procfile and no .release in /app)".to_owned(),
         ),
     ];
     for (args, stdin, expected) in cases {
@@ -1225,6 +1225,59 @@ fn every_slug_source_and_clear_errors() {
             "expected {expected:?} for {args:?}: {run:?}"
         );
     }
+}
+
+#[test]
+fn start_one_word_runs_a_declared_type_else_a_command() {
+    require_services!();
+    let image = runner_image();
+    let run_word = |slug: &[u8], word: &str| {
+        run_runner(
+            &[
+                "-i".into(),
+                "-e".into(),
+                "SLUG_URL=-".into(),
+                image.clone(),
+                "start".into(),
+                word.into(),
+            ],
+            Some(slug),
+        )
+    };
+
+    // No `pwd` type: the word is run as a program, after the profile scripts.
+    let pwd = run_word(&signal_app_slug(), "pwd");
+    pwd.assert_exit(0);
+    assert_eq!(pwd.stdout, "/app\n", "{pwd:?}");
+
+    // A declared type wins over a program of the same name.
+    let shadowing = RawTar::default()
+        .dir("./")
+        .file("./Procfile", b"pwd: echo \"pwd is a process type here\"\n")
+        .slug();
+    let shadowed = run_word(&shadowing, "pwd");
+    shadowed.assert_exit(0);
+    assert_eq!(
+        shadowed.stdout, "pwd is a process type here\n",
+        "{shadowed:?}"
+    );
+
+    // Without a Procfile or .release every word is a command.
+    let bare = RawTar::default().dir("./").file("./app.py", b"").slug();
+    let listing = run_word(&bare, "ls");
+    listing.assert_exit(0);
+    assert_eq!(listing.stdout, "app.py\n", "{listing:?}");
+
+    // Neither: bash's status for a missing command, and the known types.
+    let neither = run_word(&signal_app_slug(), "wbe");
+    neither.assert_exit(127);
+    assert!(
+        neither.stderr.contains(
+            "slugrunner: error: \"wbe\" is neither a process type (known types: once, web) \
+             nor a command that could be run"
+        ),
+        "{neither:?}"
+    );
 }
 
 fn runner_s3_env() -> Vec<String> {

@@ -19,7 +19,8 @@ pub const DEFAULT_PORT: &str = "5000";
 /// What the arguments ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
-    /// `start web`: a process type from the Procfile or the release.
+    /// `start web`: a process type from the Procfile or the release if the slug declares
+    /// it, else a program run without arguments (`start pwd`).
     ProcessType(String),
     /// `start 'cmd && other'`: one command line, run by bash.
     CommandLine(String),
@@ -57,14 +58,13 @@ impl Invocation {
 }
 
 /// The app's process types: the Procfile's, plus the release's `default_process_types`
-/// for types the Procfile does not name (as Heroku merges them).
-pub fn process_types(app_dir: &Path) -> Result<ProcessTypes, RunnerError> {
+/// for types the Procfile does not name (as Heroku merges them). `None` when the slug has
+/// neither file.
+pub fn process_types(app_dir: &Path) -> Result<Option<ProcessTypes>, RunnerError> {
     let procfile = read_metadata(&app_dir.join("Procfile"))?;
     let release = read_metadata(&app_dir.join(".release"))?;
     if procfile.is_none() && release.is_none() {
-        return Err(RunnerError::NoProcessTypes {
-            app_dir: app_dir.to_owned(),
-        });
+        return Ok(None);
     }
     let mut types = match &release {
         Some(text) => slug::parse_release_process_types(text).map_err(RunnerError::Release)?,
@@ -74,7 +74,7 @@ pub fn process_types(app_dir: &Path) -> Result<ProcessTypes, RunnerError> {
         let declared = slug::parse_procfile(text).map_err(RunnerError::Procfile)?;
         types.0.extend(declared.0);
     }
-    Ok(types)
+    Ok(Some(types))
 }
 
 fn read_metadata(path: &Path) -> Result<Option<String>, RunnerError> {
@@ -126,6 +126,9 @@ pub enum Launch {
     Line { name: String, line: String },
     /// A program and its exact arguments.
     Program(Vec<OsString>),
+    /// `start <word>` where the word is no declared process type: run as a program, as
+    /// `start <program> <args…>` would; `unrunnable` is the error if bash cannot run it.
+    NotAType { program: String, unrunnable: String },
 }
 
 /// Turns the invocation into what to run, looking process types up in the app.
@@ -137,17 +140,25 @@ pub fn resolve(app_dir: &Path, invocation: Invocation) -> Result<Launch, RunnerE
             line,
         }),
         Invocation::ProcessType(name) => {
+            // A broken Procfile stays an error: which word wins cannot be told without it.
             let types = process_types(app_dir)?;
-            match types.get(&name) {
-                Some(line) => Ok(Launch::Line {
+            if let Some(line) = types.as_ref().and_then(|types| types.get(&name)) {
+                return Ok(Launch::Line {
                     line: line.to_owned(),
                     name,
-                }),
-                None => Err(RunnerError::UnknownProcessType {
-                    name,
-                    known: types.names().iter().map(|n| (*n).to_owned()).collect(),
-                }),
+                });
             }
+            let declared = match &types {
+                None => format!("no Procfile and no .release in {}", app_dir.display()),
+                Some(types) if types.is_empty() => "the slug declares none".to_owned(),
+                Some(types) => format!("known types: {}", types.names().join(", ")),
+            };
+            Ok(Launch::NotAType {
+                unrunnable: format!(
+                    "{name:?} is neither a process type ({declared}) nor a command that could be run"
+                ),
+                program: name,
+            })
         }
     }
 }
@@ -155,6 +166,11 @@ pub fn resolve(app_dir: &Path, invocation: Invocation) -> Result<Launch, RunnerE
 /// Replaces this process with bash running `launch` after the profile scripts. Returns
 /// only on failure.
 pub fn exec(app_dir: &Path, launch: &Launch) -> RunnerError {
+    RunnerError::Exec(command(app_dir, launch).exec())
+}
+
+/// The bash command that runs `launch` after the profile scripts.
+fn command(app_dir: &Path, launch: &Launch) -> Command {
     let mut command = Command::new("bash");
     command.arg("-c");
     match launch {
@@ -163,6 +179,24 @@ pub fn exec(app_dir: &Path, launch: &Launch) -> RunnerError {
                 .arg(profile_script(app_dir, "exec \"$@\""))
                 .arg("slugrunner")
                 .args(args);
+        }
+        Launch::NotAType {
+            program,
+            unrunnable,
+        } => {
+            // execfail keeps the shell alive after a failed exec, so the error can say the
+            // word was no process type either (a typo'd type would otherwise only get
+            // bash's "not found"); bash's status (127 not found, 126 not executable) stays.
+            let tail = format!(
+                "shopt -s execfail\n\
+                 exec \"$@\" || {{ slugrunner_status=$?; \
+                 printf '%s\\n' {} >&2; exit \"$slugrunner_status\"; }}",
+                shell_quote(&format!("slugrunner: error: {unrunnable}"))
+            );
+            command
+                .arg(profile_script(app_dir, &tail))
+                .arg("slugrunner")
+                .arg(program);
         }
         Launch::Line { name, line } => {
             // The line runs in a fresh `bash -c` exec'd in place of the profile shell, so
@@ -178,7 +212,7 @@ pub fn exec(app_dir: &Path, launch: &Launch) -> RunnerError {
     if std::env::var_os("PORT").is_none_or(|port| port.is_empty()) {
         command.env("PORT", DEFAULT_PORT);
     }
-    RunnerError::Exec(command.exec())
+    command
 }
 
 #[cfg(test)]
@@ -224,18 +258,113 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("Procfile"), "web: ./server\n").unwrap();
-        let types = process_types(dir.path()).unwrap();
+        let types = process_types(dir.path()).unwrap().unwrap();
         assert_eq!(types.get("web"), Some("./server"));
         assert_eq!(types.get("console"), Some("irb"));
     }
 
     #[test]
-    fn missing_metadata_is_an_error() {
+    fn missing_metadata_declares_no_types() {
         let dir = tempfile::tempdir().unwrap();
+        assert_eq!(process_types(dir.path()).unwrap(), None);
+    }
+
+    fn resolve_word(app_dir: &Path, word: &str) -> Result<Launch, RunnerError> {
+        resolve(app_dir, Invocation::parse(args(&["start", word]))?)
+    }
+
+    #[test]
+    fn a_declared_type_wins_over_a_program_of_the_same_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Procfile"), "pwd: echo shadowed\n").unwrap();
+        std::fs::write(
+            dir.path().join(".release"),
+            "---\ndefault_process_types:\n  ls: echo from-release\n",
+        )
+        .unwrap();
+        for (word, line) in [("pwd", "echo shadowed"), ("ls", "echo from-release")] {
+            assert_eq!(
+                resolve_word(dir.path(), word).unwrap(),
+                Launch::Line {
+                    name: word.to_owned(),
+                    line: line.to_owned()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn an_undeclared_word_runs_as_a_program() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Procfile"), "web: ./server\nworker: ./w\n").unwrap();
+        assert_eq!(
+            resolve_word(dir.path(), "pwd").unwrap(),
+            Launch::NotAType {
+                program: "pwd".to_owned(),
+                unrunnable: "\"pwd\" is neither a process type (known types: web, worker) \
+                             nor a command that could be run"
+                    .to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn without_procfile_or_release_a_word_runs_as_a_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let Launch::NotAType {
+            program,
+            unrunnable,
+        } = resolve_word(dir.path(), "web").unwrap()
+        else {
+            panic!("web should fall back to a program");
+        };
+        assert_eq!(program, "web");
+        assert!(
+            unrunnable.contains("no Procfile and no .release in"),
+            "{unrunnable}"
+        );
+    }
+
+    #[test]
+    fn a_broken_procfile_is_still_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Procfile"), "web ./server\n").unwrap();
         assert!(matches!(
-            process_types(dir.path()),
-            Err(RunnerError::NoProcessTypes { .. })
+            resolve_word(dir.path(), "pwd"),
+            Err(RunnerError::Procfile(_))
         ));
+    }
+
+    #[test]
+    fn a_fallback_runs_the_program_or_says_it_is_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Procfile"), "web: ./server\n").unwrap();
+        let app_dir = dir.path().canonicalize().unwrap();
+
+        let pwd = command(&app_dir, &resolve_word(&app_dir, "pwd").unwrap())
+            .output()
+            .unwrap();
+        assert!(pwd.status.success(), "{pwd:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&pwd.stdout).trim_end(),
+            app_dir.display().to_string()
+        );
+
+        let missing = command(
+            &app_dir,
+            &resolve_word(&app_dir, "no-such-program").unwrap(),
+        )
+        .output()
+        .unwrap();
+        assert_eq!(missing.status.code(), Some(127), "{missing:?}");
+        let stderr = String::from_utf8_lossy(&missing.stderr);
+        assert!(
+            stderr.contains(
+                "slugrunner: error: \"no-such-program\" is neither a process type \
+                 (known types: web) nor a command that could be run"
+            ),
+            "{stderr}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! slugrunner: the entrypoint of the runner image. Fetches the slug named by `SLUG_URL`
 //! (verified against `SLUG_SHA256` when set), unpacks it safely into `/app`, then execs
-//! the requested process type through `bash -c` with the app's profile scripts sourced.
+//! the requested process type (or command) through `bash -c` with the app's profile
+//! scripts sourced.
 //!
 //! Settings (environment):
 //!   SLUG_URL      s3://bucket/key, a bare key (with SLUG_BUCKET), http://…, file://path,
@@ -53,20 +54,8 @@ pub enum RunnerError {
     Procfile(ProcfileError),
     #[error(".release: {0}")]
     Release(ReleaseError),
-    #[error("no Procfile and no .release in {}: the slug declares no process types", app_dir.display())]
-    NoProcessTypes { app_dir: PathBuf },
-    #[error("unknown process type {name:?}; {}", known_types(known))]
-    UnknownProcessType { name: String, known: Vec<String> },
     #[error("cannot start bash: {0}")]
     Exec(std::io::Error),
-}
-
-fn known_types(known: &[String]) -> String {
-    if known.is_empty() {
-        "the slug declares none".to_owned()
-    } else {
-        format!("known types: {}", known.join(", "))
-    }
 }
 
 impl RunnerError {
@@ -110,6 +99,11 @@ fn run(args: Vec<OsString>) -> RunnerError {
             match &launch {
                 Launch::Line { name, line } => tracing::info!("starting {name}: {line}"),
                 Launch::Program(args) => tracing::info!("starting {args:?}"),
+                Launch::NotAType { program, .. } => {
+                    tracing::info!(
+                        "{program:?} is no process type of the slug: starting it as a command"
+                    )
+                }
             }
             launch::exec(app_dir, &launch)
         }
