@@ -20,6 +20,8 @@ mod values;
 pub struct User {
     pub username: String,
     pub apps: Option<Vec<String>>,
+    /// Never set from a controller reply.
+    pub from: Option<()>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

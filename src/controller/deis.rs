@@ -704,7 +704,8 @@ mod tests {
             parse_user(br#"{"username":"a","apps":["x"]}"#).unwrap(),
             User {
                 username: "a".into(),
-                apps: Some(vec!["x".into()])
+                apps: Some(vec!["x".into()]),
+                from: None,
             }
         );
         for (body, field) in [

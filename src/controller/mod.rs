@@ -9,6 +9,7 @@
 //! Everything the controller answers is parsed and validated here, at the edge, so the
 //! rest of the builder only sees typed values.
 
+mod authorized_keys;
 mod deis;
 mod error;
 /// Reply parsing, public so the fuzz targets and tests can reach it.
@@ -24,6 +25,7 @@ use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
 
+pub use authorized_keys::SourcePatterns;
 pub use deis::DeisController;
 pub use error::ControllerError;
 pub use standalone::StandaloneController;
@@ -34,6 +36,9 @@ pub struct User {
     pub username: String,
     /// Apps the user may push to. `None` means any app (standalone mode).
     pub apps: Option<Vec<String>>,
+    /// Client addresses the key may be used from (`from=` in `authorized_keys`);
+    /// `None` means anywhere.
+    pub from: Option<SourcePatterns>,
 }
 
 impl User {
@@ -44,6 +49,13 @@ impl User {
             None => true,
             Some(apps) => apps.iter().any(|owned| owned == app),
         }
+    }
+
+    /// Whether the key may be used from this client address.
+    pub fn may_connect_from(&self, client: std::net::IpAddr) -> bool {
+        self.from
+            .as_ref()
+            .is_none_or(|patterns| patterns.allows(client))
     }
 }
 
@@ -185,6 +197,7 @@ mod tests {
         let user = User {
             username: "alice".into(),
             apps: Some(vec!["foobar".into(), "web".into()]),
+            from: None,
         };
         assert!(user.may_push("web"));
         assert!(user.may_push("foobar"));
@@ -195,11 +208,13 @@ mod tests {
         let anyone = User {
             username: "bob".into(),
             apps: None,
+            from: None,
         };
         assert!(anyone.may_push("anything"));
         let nobody = User {
             username: "carol".into(),
             apps: Some(vec![]),
+            from: None,
         };
         assert!(!nobody.may_push("web"));
     }

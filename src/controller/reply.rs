@@ -76,6 +76,7 @@ pub fn parse_user(body: &[u8]) -> Result<User, String> {
     Ok(User {
         username,
         apps: Some(apps),
+        from: None,
     })
 }
 

@@ -10,12 +10,12 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
+use super::authorized_keys;
 use super::values::{config_values, json_type_name};
-use super::{md5_fingerprint, require_valid_fingerprint, AppConfig, BuildHook, Controller};
+use super::{require_valid_fingerprint, AppConfig, BuildHook, Controller};
 use super::{ControllerError, User};
 
 /// Gives up allocating a release number after this many lost races in a row.
@@ -41,7 +41,9 @@ impl StandaloneController {
     }
 
     /// Every usable key in the file, in file order. A missing file means no users.
-    async fn read_authorized_keys(&self) -> Result<Vec<AuthorizedKey>, ControllerError> {
+    async fn read_authorized_keys(
+        &self,
+    ) -> Result<Vec<authorized_keys::AuthorizedKey>, ControllerError> {
         let text = match tokio::fs::read_to_string(&self.authorized_keys).await {
             Ok(text) => text,
             Err(err) if err.kind() == ErrorKind::NotFound => {
@@ -59,7 +61,7 @@ impl StandaloneController {
                 })
             }
         };
-        Ok(parse_authorized_keys(&text, &self.authorized_keys))
+        Ok(authorized_keys::parse(&text, &self.authorized_keys))
     }
 }
 
@@ -69,15 +71,33 @@ impl Controller for StandaloneController {
         require_valid_fingerprint(fingerprint)?;
         // Re-read on every lookup so keys can be added without a restart.
         let keys = self.read_authorized_keys().await?;
-        keys.into_iter()
+        let unknown = || ControllerError::UnknownKey {
+            fingerprint: fingerprint.to_string(),
+        };
+        let key = keys
+            .into_iter()
             .find(|key| key.fingerprint == fingerprint)
-            .map(|key| User {
-                username: key.username,
-                apps: None,
-            })
-            .ok_or_else(|| ControllerError::UnknownKey {
-                fingerprint: fingerprint.to_string(),
-            })
+            .ok_or_else(unknown)?;
+        if !key.ignored_options.is_empty() {
+            tracing::warn!(
+                path = %self.authorized_keys.display(),
+                user = %key.username,
+                options = ?key.ignored_options,
+                "authorized_keys options ignored: the builder serves git only"
+            );
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if key.expires_at.is_some_and(|expiry| now >= expiry) {
+            tracing::info!(user = %key.username, %fingerprint, "key refused: its expiry-time has passed");
+            return Err(unknown());
+        }
+        Ok(User {
+            username: key.username,
+            apps: None,
+            from: key.from,
+        })
     }
 
     async fn app_config(&self, _user: &str, app: &str) -> Result<AppConfig, ControllerError> {
@@ -191,81 +211,6 @@ impl Controller for StandaloneController {
             self.data_dir.display()
         )
     }
-}
-
-/// One usable line of an `authorized_keys` file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AuthorizedKey {
-    fingerprint: String,
-    username: String,
-}
-
-/// Parses plain `type base64 [comment]` lines. Lines with an options prefix
-/// (`command="..." ssh-ed25519 ...`) are skipped with a warning: honouring options
-/// like `command=` or `from=` is not implemented, and ignoring them silently would
-/// grant more than the file says.
-fn parse_authorized_keys(text: &str, path: &Path) -> Vec<AuthorizedKey> {
-    let mut keys = Vec::new();
-    for (index, raw_line) in text.lines().enumerate() {
-        let line_number = index + 1;
-        let line = raw_line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match parse_key_line(line) {
-            Ok(key) => keys.push(key),
-            Err(problem) => tracing::warn!(
-                path = %path.display(),
-                line = line_number,
-                "skipping authorized_keys line: {problem}"
-            ),
-        }
-    }
-    keys
-}
-
-fn parse_key_line(line: &str) -> Result<AuthorizedKey, &'static str> {
-    let mut fields = line.split_whitespace();
-    let key_type = fields.next().ok_or("empty line")?;
-    if !is_key_type(key_type) {
-        return Err("it has an options prefix (not supported) or an unknown key type");
-    }
-    let blob_base64 = fields.next().ok_or("the key data is missing")?;
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(blob_base64)
-        .map_err(|_| "the key data is not valid base64")?;
-    if embedded_key_type(&blob) != Some(key_type.as_bytes()) {
-        return Err("the key data does not match the key type");
-    }
-    let fingerprint = md5_fingerprint(&blob);
-    let comment = fields.collect::<Vec<_>>().join(" ");
-    let username = if comment.is_empty() {
-        format!(
-            "user-{}",
-            fingerprint.replace(':', "").get(..8).unwrap_or("")
-        )
-    } else {
-        comment
-    };
-    Ok(AuthorizedKey {
-        fingerprint,
-        username,
-    })
-}
-
-/// Key types OpenSSH writes as the first field of a plain key line.
-fn is_key_type(field: &str) -> bool {
-    field.starts_with("ssh-")
-        || field.starts_with("ecdsa-sha2-")
-        || field.starts_with("sk-ssh-")
-        || field.starts_with("sk-ecdsa-sha2-")
-}
-
-/// The type name a key blob starts with (a length-prefixed string).
-fn embedded_key_type(blob: &[u8]) -> Option<&[u8]> {
-    let length_bytes: [u8; 4] = blob.get(..4)?.try_into().ok()?;
-    let length = usize::try_from(u32::from_be_bytes(length_bytes)).ok()?;
-    blob.get(4..4usize.checked_add(length)?)
 }
 
 /// The app name becomes a directory name: refuse anything that could leave `apps/`.
@@ -402,26 +347,20 @@ mod tests {
         assert_eq!(user.username, "user-9a40ac2c");
     }
 
-    #[test]
-    fn odd_lines_are_skipped() {
-        let plain = key_without_comment();
-        let blob = plain.split_whitespace().nth(1).unwrap();
-        let text = format!(
-            "command=\"echo hi\" {ED25519_LINE}\n\
-             ssh-ed25519 not-base64!!\n\
-             ssh-rsa {blob} mislabeled\n\
-             ssh-ed25519\n\
-             garbage\n\
-             \t{plain}   bob   smith  \r\n"
-        );
-        let keys = parse_authorized_keys(&text, Path::new("authorized_keys"));
-        assert_eq!(
-            keys,
-            vec![AuthorizedKey {
-                fingerprint: ED25519_MD5.into(),
-                username: "bob smith".into()
-            }]
-        );
+    #[tokio::test]
+    async fn expired_keys_are_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let standalone = controller(dir.path());
+        let write = |expiry: &str| {
+            let line = format!("expiry-time=\"{expiry}\",no-pty {ED25519_LINE}\n");
+            std::fs::write(dir.path().join("authorized_keys"), line).unwrap();
+        };
+        write("20200101");
+        let err = standalone.user_for_key(ED25519_MD5).await.unwrap_err();
+        assert!(err.is_unknown_key(), "{err}");
+        write("99990101");
+        let user = standalone.user_for_key(ED25519_MD5).await.unwrap();
+        assert_eq!(user.username, "alice@example");
     }
 
     #[tokio::test]

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use russh::keys::ssh_key::PublicKey;
 use russh::keys::PrivateKey;
-use russh::server::{Auth, ChannelOpenHandle, Msg, Session, VerifiedPublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -103,6 +104,8 @@ impl SshServer {
             let span = tracing::info_span!("ssh", %peer, user = tracing::field::Empty);
             let handler = Connection {
                 span: span.clone(),
+                peer,
+                known_key: None,
                 controller: this.controller.clone(),
                 git: this.git.clone(),
                 user: None,
@@ -158,8 +161,12 @@ struct Connection {
     /// russh runs the handler on a task of its own, outside the span the session future
     /// is instrumented with: events here name it as their parent explicitly.
     span: tracing::Span,
+    peer: SocketAddr,
     controller: Arc<dyn Controller>,
     git: GitServer,
+    /// The last offered key the controller knows (fingerprint, owner): the signed
+    /// request that follows an accepted offer needs no second lookup.
+    known_key: Option<(String, User)>,
     user: Option<User>,
     /// Client → git bytes for each running exec.
     channels: HashMap<ChannelId, Option<mpsc::Sender<Bytes>>>,
@@ -218,6 +225,29 @@ impl Connection {
         }
     }
 
+    /// The owner of `key`, if the controller knows it and allows it from this client.
+    /// Refusals are counted and logged here, once per offered key.
+    async fn lookup(&mut self, ssh_user: &str, key: &PublicKey) -> Option<(String, User)> {
+        let blob = key.to_bytes().ok()?;
+        let fingerprint = md5_fingerprint(&blob);
+        if let Some((known, user)) = &self.known_key {
+            if *known == fingerprint {
+                return Some((fingerprint, user.clone()));
+            }
+        }
+        let refusal = match self.controller.user_for_key(&fingerprint).await {
+            Ok(found) if found.may_connect_from(self.peer.ip()) => {
+                self.known_key = Some((fingerprint.clone(), found.clone()));
+                return Some((fingerprint, found));
+            }
+            Ok(found) => format!("{} may not use this key from this address", found.username),
+            Err(error) => error.to_string(),
+        };
+        crate::metrics::auth_failed();
+        tracing::info!(parent: &self.span, ssh_user = %crate::names::printable(ssh_user), %fingerprint, error = %refusal, "public key refused");
+        None
+    }
+
     fn username(&self) -> &str {
         self.user
             .as_ref()
@@ -228,29 +258,32 @@ impl Connection {
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
+    /// Keys are checked when offered, as sshd does: a key nobody authorized is refused
+    /// before the client is asked to sign (or its owner for a passphrase).
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(match self.lookup(user, offer.public_key).await {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
     async fn auth_publickey(
         &mut self,
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let Ok(blob) = key.public_key.to_bytes() else {
+        let Some((fingerprint, found)) = self.lookup(user, key.public_key).await else {
             return Ok(Auth::reject());
         };
-        let fingerprint = md5_fingerprint(&blob);
-        match self.controller.user_for_key(&fingerprint).await {
-            Ok(found) => {
-                self.span.record("user", found.username.as_str());
-                tracing::info!(parent: &self.span, user = %found.username, %fingerprint, "authenticated");
-                self.user = Some(found);
-                self.authenticated.cancel();
-                Ok(Auth::Accept)
-            }
-            Err(error) => {
-                crate::metrics::auth_failed();
-                tracing::info!(parent: &self.span, ssh_user = %crate::names::printable(user), %fingerprint, %error, "public key refused");
-                Ok(Auth::reject())
-            }
-        }
+        self.span.record("user", found.username.as_str());
+        tracing::info!(parent: &self.span, user = %found.username, %fingerprint, "authenticated");
+        self.user = Some(found);
+        self.authenticated.cancel();
+        Ok(Auth::Accept)
     }
 
     async fn channel_open_session(

@@ -334,10 +334,15 @@ pub struct Key {
 impl Key {
     /// `kind`: `ed25519`, `rsa` or `ecdsa`. The comment (the standalone user name) is `user`.
     pub fn generate(kind: &str, user: &str) -> Key {
+        Key::generate_with_passphrase(kind, user, "")
+    }
+
+    /// Like [`Key::generate`], the private key encrypted with `passphrase`.
+    pub fn generate_with_passphrase(kind: &str, user: &str, passphrase: &str) -> Key {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(format!("id_{kind}"));
         let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", kind, "-N", "", "-C", user, "-f"])
+            .args(["-q", "-t", kind, "-N", passphrase, "-C", user, "-f"])
             .arg(&path)
             .status()
             .unwrap();
