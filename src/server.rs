@@ -104,6 +104,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ssh_listening: ssh_listening.clone(),
     };
     let imports = crate::http::Imports {
+        draining: stop_accepting.clone(),
         pipeline: pipeline.clone(),
         locks: git.locks().clone(),
         builds: builds.clone(),
@@ -128,11 +129,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         accept_loop.await;
         ssh_listening.store(false, Ordering::Relaxed);
     });
+    // HTTP stays up until the very end, so health reports the drain and metrics stay
+    // readable while running pushes finish.
+    let close_http = CancellationToken::new();
     let http = tokio::spawn(crate::http::serve(
         http_listener,
         health,
         imports,
-        stop_accepting.clone(),
+        close_http.clone(),
     ));
 
     wait_for_signal().await;
@@ -149,8 +153,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     abort.cancel();
     close_hooks.cancel();
     let _ = hooks.await;
-    let _ = http.await;
     sweep_on_exit(&final_engine).await;
+    close_http.cancel();
+    // Graceful: an answer being written is finished, but an import still running
+    // must not hold the exit.
+    let _ = tokio::time::timeout(CLEANUP_GRACE, http).await;
     Ok(())
 }
 

@@ -35,7 +35,7 @@ pub struct Health {
     pub store: Arc<dyn ObjectStore>,
     pub engine: Engine,
     pub controller: Arc<dyn Controller>,
-    /// True while the SSH accept loop runs (false once it stops, e.g. on shutdown).
+    /// True while the SSH accept loop runs; it stops only on shutdown.
     pub ssh_listening: Arc<AtomicBool>,
 }
 
@@ -46,6 +46,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the import endpoint needs.
 #[derive(Clone)]
 pub struct Imports {
+    /// Fires on SIGTERM: new imports are refused, like new pushes.
+    pub draining: CancellationToken,
     pub pipeline: Arc<Pipeline>,
     pub locks: AppLocks,
     /// Imports take a build slot like pushes do.
@@ -147,6 +149,12 @@ async fn import(
         Ok(request) => request,
         Err(message) => return detail(StatusCode::BAD_REQUEST, message),
     };
+    if imports.draining.is_cancelled() {
+        return detail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the builder is restarting; try again in a moment",
+        );
+    }
     let Some(_lock) = imports.locks.try_lock(&request.app) else {
         return detail(
             StatusCode::CONFLICT,
@@ -278,7 +286,7 @@ impl Health {
         let ssh = if self.ssh_listening.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err("not accepting SSH connections".to_owned())
+            Err("shutting down".to_owned())
         };
         let controller = async {
             if with_controller {
