@@ -1,9 +1,11 @@
 //! Command-line interface: every flag can also come from the environment, with the
 //! Deis Workflow names where operators already set one.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,6 +16,42 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the process's arguments like [`Parser::parse`] (a usage error exits with
+    /// clap's message) and records which settings came from the environment, so that an
+    /// invalid one can be traced to its variable.
+    pub fn parse_with_sources() -> Cli {
+        let matches = Cli::command().get_matches();
+        Cli::from_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        let mut cli = Cli::from_arg_matches(matches)?;
+        let definition = Cli::command();
+        if let (Some(serve), Some((name, sub_matches))) =
+            (cli.command.serve_args_mut(), matches.subcommand())
+        {
+            if let Some(sub) = definition.find_subcommand(name) {
+                serve.from_env = env_sources(sub, sub_matches);
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// `--flag` → environment variable, for each value of `command` that came from its variable.
+fn env_sources(command: &clap::Command, matches: &ArgMatches) -> BTreeMap<String, String> {
+    command
+        .get_arguments()
+        .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(ValueSource::EnvVariable))
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            let env = arg.get_env()?;
+            Some((format!("--{long}"), env.to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 #[derive(Debug, Subcommand)]
@@ -28,6 +66,17 @@ pub enum Command {
     PurgeCache(Box<PurgeCacheArgs>),
 }
 
+impl Command {
+    fn serve_args_mut(&mut self) -> Option<&mut ServeArgs> {
+        match self {
+            Command::Serve(args) => Some(args),
+            Command::Pull(args) => Some(&mut args.serve),
+            Command::PurgeCache(args) => Some(&mut args.serve),
+            Command::Hook => None,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct PurgeCacheArgs {
     /// The app whose build cache is deleted.
@@ -38,6 +87,9 @@ pub struct PurgeCacheArgs {
     pub serve: ServeArgs,
 }
 
+/// Numbers and switches are kept as text and parsed in [`crate::config`], so that a bad
+/// value (a negative number too, hence `allow_negative_numbers`) gets the same one-line
+/// error as every other setting instead of clap's usage error.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory for repositories, host keys, local storage and standalone-controller state.
@@ -86,9 +138,16 @@ pub struct ServeArgs {
     #[arg(long, env = "DEIS_BUILDER_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
 
-    /// Use virtual-hosted-style S3 URLs instead of path-style ones.
-    #[arg(long, env = "DEIS_BUILDER_S3_VIRTUAL_HOSTED")]
-    pub s3_virtual_hosted: bool,
+    /// Use virtual-hosted-style S3 URLs instead of path-style ones (from the environment:
+    /// true/false, yes/no, on/off or 1/0).
+    // A plain flag on the command line; the environment's spelling is checked in config.
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_S3_VIRTUAL_HOSTED",
+        action = ArgAction::SetTrue,
+        value_parser = clap::builder::StringValueParser::new()
+    )]
+    pub s3_virtual_hosted: String,
 
     /// Image that buildpack builds run in.
     #[arg(
@@ -115,8 +174,13 @@ pub struct ServeArgs {
     pub build_memory: String,
 
     /// Process limit of a build container.
-    #[arg(long, env = "DEIS_BUILDER_BUILD_PIDS", default_value_t = 1024)]
-    pub build_pids: i64,
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_BUILD_PIDS",
+        default_value = "1024",
+        allow_negative_numbers = true
+    )]
+    pub build_pids: String,
 
     /// Longest a buildpack build may run, e.g. `15m`.
     #[arg(long, env = "DEIS_BUILDER_BUILD_TIMEOUT", default_value = "15m")]
@@ -157,12 +221,22 @@ pub struct ServeArgs {
     pub log_format: String,
 
     /// Builds that run at once; further pushes wait in line and are told their position.
-    #[arg(long, env = "DEIS_BUILDER_MAX_BUILDS", default_value_t = 8)]
-    pub max_builds: usize,
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_MAX_BUILDS",
+        default_value = "8",
+        allow_negative_numbers = true
+    )]
+    pub max_builds: String,
 
     /// SSH connections served at once; more are refused until one ends.
-    #[arg(long, env = "DEIS_BUILDER_MAX_CONNECTIONS", default_value_t = 256)]
-    pub max_connections: usize,
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_MAX_CONNECTIONS",
+        default_value = "256",
+        allow_negative_numbers = true
+    )]
+    pub max_connections: String,
 
     /// An SSH connection that has not authenticated within this time is dropped, e.g. `30s`.
     #[arg(long, env = "DEIS_BUILDER_LOGIN_TIMEOUT", default_value = "30s")]
@@ -174,8 +248,13 @@ pub struct ServeArgs {
     pub idle_timeout: String,
 
     /// Rejected authentication attempts per SSH connection before it is closed.
-    #[arg(long, env = "DEIS_BUILDER_MAX_AUTH_ATTEMPTS", default_value_t = 6)]
-    pub max_auth_attempts: usize,
+    #[arg(
+        long,
+        env = "DEIS_BUILDER_MAX_AUTH_ATTEMPTS",
+        default_value = "6",
+        allow_negative_numbers = true
+    )]
+    pub max_auth_attempts: String,
 
     /// Most bytes one push may send (the git pack), e.g. `1g`; a bigger push is refused and
     /// nothing of it is stored.
@@ -190,6 +269,10 @@ pub struct ServeArgs {
     /// After SIGTERM, how long running builds get to finish before they are cancelled, e.g. `30s`.
     #[arg(long, env = "DEIS_BUILDER_SHUTDOWN_GRACE", default_value = "30s")]
     pub shutdown_grace: String,
+
+    /// Settings whose value came from the environment: `--flag` → variable name.
+    #[arg(skip)]
+    pub from_env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Args)]

@@ -7,17 +7,40 @@ use std::time::Duration;
 
 use crate::cli::ServeArgs;
 
+/// `invalid setting --max-builds: "abc" is not a whole number of at least 1 (from env
+/// DEIS_BUILDER_MAX_BUILDS)`: the setting as a flag, and the variable when the value came
+/// from the environment.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid setting {setting}: {problem}")]
 pub struct ConfigError {
     pub setting: &'static str,
     pub problem: String,
+    /// The environment variable(s) the bad value came from; `None` for the command line
+    /// or a default.
+    pub env: Option<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid setting {}: {}", self.setting, self.problem)?;
+        match &self.env {
+            Some(env) => write!(f, " (from env {env})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ConfigError {
+    fn came_from(mut self, env: impl Into<String>) -> ConfigError {
+        self.env = Some(env.into());
+        self
+    }
 }
 
 fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         problem: problem.into(),
+        env: None,
     }
 }
 
@@ -151,6 +174,8 @@ pub struct Settings {
     pub build: BuildSettings,
     pub limits: LimitSettings,
     pub log_format: LogFormat,
+    /// `DEIS_DEBUG`: debug-level logs unless `RUST_LOG` says otherwise.
+    pub debug: bool,
 }
 
 impl Settings {
@@ -158,8 +183,20 @@ impl Settings {
         Self::from_args_and_env(args, |name| std::env::var(name).ok())
     }
 
-    /// `env` looks up the Deis-era variables that combine into one setting.
+    /// `env` looks up the Deis-era variables that combine into one setting. An error names
+    /// the variable when the bad value came from the environment (`args.from_env`).
     pub fn from_args_and_env(
+        mut args: ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let from_env = std::mem::take(&mut args.from_env);
+        Self::validate(args, env).map_err(|error| match from_env.get(error.setting) {
+            Some(variable) if error.env.is_none() => error.came_from(variable.as_str()),
+            _ => error,
+        })
+    }
+
+    fn validate(
         args: ServeArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
@@ -187,26 +224,27 @@ impl Settings {
         } else {
             args.host_keys
         };
-        let standalone_key = args
-            .builder_key
-            .clone()
-            .filter(|k| !k.trim().is_empty())
-            .map(Secret::new);
+        // Both modes take the key from either place: standalone needs it for imports.
+        let builder_key = builder_key(args.builder_key, args.builder_key_file.as_deref())?;
         let controller = controller_settings(
             args.controller_url,
-            args.builder_key,
-            args.builder_key_file.as_deref(),
+            builder_key.clone(),
             &args.controller_timeout,
             args.authorized_keys
                 .unwrap_or_else(|| data_dir.join("authorized_keys")),
             &env,
         )?;
+        // The SDK's own variables stand in for --s3-endpoint; an error names the one used.
+        let s3_endpoint = match args.s3_endpoint {
+            Some(endpoint) => Some((endpoint, None)),
+            None => ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                .into_iter()
+                .find_map(|name| Some((env(name)?, Some(name)))),
+        };
         let storage = storage_settings(
             args.storage,
-            args.s3_endpoint
-                .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-                .or_else(|| env("AWS_ENDPOINT_URL")),
-            !args.s3_virtual_hosted,
+            s3_endpoint,
+            !parse_switch("--s3-virtual-hosted", &args.s3_virtual_hosted)?,
             &data_dir,
         )?;
         let registry = registry_settings(
@@ -220,10 +258,7 @@ impl Settings {
             registry,
             network: non_empty("--build-network", args.build_network)?,
             memory_bytes: parse_bytes("--build-memory", &args.build_memory)?,
-            pids_limit: match args.build_pids {
-                n if n >= 16 => n,
-                _ => return Err(invalid("--build-pids", "must be at least 16")),
-            },
+            pids_limit: parse_number("--build-pids", &args.build_pids, 16)?,
             timeout: parse_duration("--build-timeout", &args.build_timeout)?,
             slug_warn_bytes: parse_slug_size("--slug-warn-size", &args.slug_warn_size)?,
             slug_max_bytes: parse_slug_size("--slug-max-size", &args.slug_max_size)?,
@@ -234,11 +269,11 @@ impl Settings {
             work_dir: data_dir.join("tmp"),
         };
         let limits = LimitSettings {
-            max_builds: at_least("--max-builds", args.max_builds, 1)?,
-            max_connections: at_least("--max-connections", args.max_connections, 1)?,
+            max_builds: parse_number("--max-builds", &args.max_builds, 1)?,
+            max_connections: parse_number("--max-connections", &args.max_connections, 1)?,
             login_timeout: parse_duration("--login-timeout", &args.login_timeout)?,
             idle_timeout: parse_duration("--idle-timeout", &args.idle_timeout)?,
-            max_auth_attempts: at_least("--max-auth-attempts", args.max_auth_attempts, 1)?,
+            max_auth_attempts: parse_number("--max-auth-attempts", &args.max_auth_attempts, 1)?,
             max_push_bytes: parse_slug_size("--max-push-size", &args.max_push_size)?,
             lock_wait: match args.lock_wait.trim() {
                 "0" | "0s" => Duration::ZERO,
@@ -256,9 +291,10 @@ impl Settings {
                 ))
             }
         };
-        let builder_key = match &controller {
-            ControllerSettings::Deis { builder_key, .. } => Some(builder_key.clone()),
-            ControllerSettings::Standalone { .. } => standalone_key,
+        // Deis components read DEIS_DEBUG as `true`/`1`; the other usual spellings work too.
+        let debug = match env("DEIS_DEBUG") {
+            Some(value) => parse_switch("DEIS_DEBUG", &value)?,
+            None => false,
         };
         Ok(Settings {
             data_dir,
@@ -271,6 +307,7 @@ impl Settings {
             build,
             limits,
             log_format,
+            debug,
         })
     }
 }
@@ -334,10 +371,36 @@ fn s3_credentials_summary(env: impl Fn(&str) -> Option<String>) -> String {
     parts.join(" ")
 }
 
-fn controller_settings(
-    url: Option<String>,
+/// The builder key from `--builder-key` (an empty value counts as unset) or, failing
+/// that, the first line of `--builder-key-file` (the usual Kubernetes Secret mount).
+fn builder_key(
     key: Option<String>,
     key_file: Option<&Path>,
+) -> Result<Option<Secret>, ConfigError> {
+    if let Some(key) = key.filter(|key| !key.trim().is_empty()) {
+        return Ok(Some(Secret::new(key.trim().to_owned())));
+    }
+    let Some(file) = key_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        invalid(
+            "--builder-key-file",
+            format!("cannot read {}: {e}", file.display()),
+        )
+    })?;
+    match text.trim() {
+        "" => Err(invalid(
+            "--builder-key-file",
+            format!("{} is empty", file.display()),
+        )),
+        key => Ok(Some(Secret::new(key.to_owned()))),
+    }
+}
+
+fn controller_settings(
+    url: Option<String>,
+    builder_key: Option<Secret>,
     timeout: &str,
     authorized_keys: PathBuf,
     env: &impl Fn(&str) -> Option<String>,
@@ -357,28 +420,15 @@ fn controller_settings(
             format!("{url:?} is not an http(s) URL"),
         ));
     }
-    let builder_key = match (key, key_file) {
-        (Some(key), _) => key,
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map_err(|e| {
-                invalid(
-                    "--builder-key-file",
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            })?
-            .trim()
-            .to_owned(),
-        (None, None) => return Err(invalid(
+    let Some(builder_key) = builder_key else {
+        return Err(invalid(
             "--builder-key",
             "a controller URL is set but no builder key (DEIS_BUILDER_KEY or --builder-key-file)",
-        )),
+        ));
     };
-    if builder_key.is_empty() {
-        return Err(invalid("--builder-key", "is empty"));
-    }
     Ok(ControllerSettings::Deis {
         url,
-        builder_key: Secret::new(builder_key),
+        builder_key,
         timeout: parse_duration("--controller-timeout", timeout)?,
     })
 }
@@ -389,13 +439,18 @@ fn registry_settings(
     password: Option<String>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Option<RegistrySettings>, ConfigError> {
-    let host = host.or_else(|| {
-        let host = env("DEIS_REGISTRY_SERVICE_HOST")?;
-        let port = env("DEIS_REGISTRY_SERVICE_PORT").unwrap_or_else(|| "5000".into());
-        Some(format!("{host}:{port}"))
-    });
-    let Some(host) = host else {
-        return Ok(None);
+    let (host, origin) = match host {
+        Some(host) => (host, None),
+        None => {
+            let Some(host) = env("DEIS_REGISTRY_SERVICE_HOST") else {
+                return Ok(None);
+            };
+            let port = env("DEIS_REGISTRY_SERVICE_PORT").unwrap_or_else(|| "5000".into());
+            (
+                format!("{host}:{port}"),
+                Some("DEIS_REGISTRY_SERVICE_HOST/DEIS_REGISTRY_SERVICE_PORT"),
+            )
+        }
     };
     let valid = !host.is_empty()
         && !host.contains("://")
@@ -403,7 +458,11 @@ fn registry_settings(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
     if !valid {
-        return Err(invalid("--registry", format!("{host:?} is not HOST:PORT")));
+        let error = invalid("--registry", format!("{host:?} is not HOST:PORT"));
+        return Err(match origin {
+            Some(variables) => error.came_from(variables),
+            None => error,
+        });
     }
     if username.is_some() != password.is_some() {
         return Err(invalid(
@@ -418,9 +477,11 @@ fn registry_settings(
     }))
 }
 
+/// `endpoint` comes with the variable it was read from, when not from `--s3-endpoint` (or
+/// its own variable).
 fn storage_settings(
     spec: Option<String>,
-    endpoint: Option<String>,
+    endpoint: Option<(String, Option<&'static str>)>,
     path_style: bool,
     data_dir: &Path,
 ) -> Result<StorageSettings, ConfigError> {
@@ -439,17 +500,21 @@ fn storage_settings(
                 format!("{bucket:?} is not a valid S3 bucket name"),
             ));
         }
-        if let Some(endpoint) = &endpoint {
+        if let Some((endpoint, origin)) = &endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(invalid(
+                let error = invalid(
                     "--s3-endpoint",
                     format!("{endpoint:?} is not an http(s) URL"),
-                ));
+                );
+                return Err(match origin {
+                    Some(variable) => error.came_from(*variable),
+                    None => error,
+                });
             }
         }
         return Ok(StorageSettings::S3 {
             bucket: bucket.to_owned(),
-            endpoint,
+            endpoint: endpoint.map(|(endpoint, _)| endpoint),
             path_style,
         });
     }
@@ -476,11 +541,30 @@ fn parse_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigEr
         .map_err(|_| invalid(setting, format!("{value:?} is not an IP:PORT address")))
 }
 
-fn at_least(setting: &'static str, value: usize, min: usize) -> Result<usize, ConfigError> {
-    if value >= min {
-        Ok(value)
-    } else {
-        Err(invalid(setting, format!("must be at least {min}")))
+/// A whole number of at least `min`: `8`, `1024`.
+fn parse_number<T>(setting: &'static str, value: &str, min: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match value.trim().parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(invalid(
+            setting,
+            format!("{value:?} is not a whole number of at least {min}"),
+        )),
+    }
+}
+
+/// An on/off setting from the environment: `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`
+/// in any case; empty counts as unset (off). Anything else is refused rather than guessed.
+fn parse_switch(setting: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(
+            setting,
+            format!("{value:?} is not a switch: use true/false, yes/no, on/off or 1/0"),
+        )),
     }
 }
 
@@ -590,20 +674,28 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn settings(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    fn serve_args(args: &[&str]) -> ServeArgs {
         let mut argv = vec!["deis-builder", "serve"];
         argv.extend_from_slice(args);
         let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
         let crate::cli::Command::Serve(args) = cli.command else {
             unreachable!()
         };
+        *args
+    }
+
+    fn settings_from(args: ServeArgs, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Settings::from_args_and_env(*args, move |name| {
+        Settings::from_args_and_env(args, move |name| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
+    }
+
+    fn settings(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        settings_from(serve_args(args), env)
     }
 
     #[test]
@@ -728,5 +820,145 @@ mod tests {
             let err = settings(args, &[]).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");
         }
+    }
+
+    #[test]
+    fn numbers_are_checked_here_not_by_clap() {
+        for (args, setting, problem) in [
+            (
+                &["--max-builds", "abc"][..],
+                "--max-builds",
+                "\"abc\" is not a whole number of at least 1",
+            ),
+            (
+                &["--max-connections", "-1"][..],
+                "--max-connections",
+                "\"-1\" is not a whole number of at least 1",
+            ),
+            (
+                &["--max-auth-attempts", "0"][..],
+                "--max-auth-attempts",
+                "\"0\" is not a whole number of at least 1",
+            ),
+            (
+                &["--build-pids", "8"][..],
+                "--build-pids",
+                "\"8\" is not a whole number of at least 16",
+            ),
+            (
+                &["--build-pids", "lots"][..],
+                "--build-pids",
+                "\"lots\" is not a whole number of at least 16",
+            ),
+        ] {
+            let err = settings(args, &[]).unwrap_err();
+            assert_eq!((err.setting, err.problem.as_str()), (setting, problem));
+            assert_eq!(err.env, None, "{args:?}");
+        }
+        let s = settings(
+            &[
+                "--max-builds",
+                " 3 ",
+                "--build-pids",
+                "16",
+                "--max-auth-attempts",
+                "2",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.limits.max_builds, s.build.pids_limit),
+            (3, 16),
+            "surrounding spaces are fine"
+        );
+        assert_eq!(s.limits.max_auth_attempts, 2);
+    }
+
+    #[test]
+    fn errors_name_the_variable_a_bad_value_came_from() {
+        let mut args = serve_args(&["--max-builds", "abc"]);
+        args.from_env
+            .insert("--max-builds".into(), "DEIS_BUILDER_MAX_BUILDS".into());
+        let err = settings_from(args, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting --max-builds: \"abc\" is not a whole number of at least 1 \
+             (from env DEIS_BUILDER_MAX_BUILDS)"
+        );
+        // Only the bad setting's variable is named.
+        let mut args = serve_args(&["--max-builds", "abc"]);
+        args.from_env.insert(
+            "--max-connections".into(),
+            "DEIS_BUILDER_MAX_CONNECTIONS".into(),
+        );
+        let err = settings_from(args, &[]).unwrap_err();
+        assert_eq!(err.env, None);
+        assert!(!err.to_string().contains("from env"), "{err}");
+
+        // Variables that stand in for a flag are named too.
+        let err = settings(
+            &["--storage", "s3://bucket"],
+            &[("AWS_ENDPOINT_URL", "minio:9000")],
+        )
+        .unwrap_err();
+        assert_eq!(err.setting, "--s3-endpoint");
+        assert_eq!(err.env.as_deref(), Some("AWS_ENDPOINT_URL"));
+        let err = settings(&[], &[("DEIS_REGISTRY_SERVICE_HOST", "http://r")]).unwrap_err();
+        assert_eq!(err.setting, "--registry");
+        assert_eq!(
+            err.env.as_deref(),
+            Some("DEIS_REGISTRY_SERVICE_HOST/DEIS_REGISTRY_SERVICE_PORT")
+        );
+        let err =
+            settings(&["--storage", "s3://bucket", "--s3-endpoint", "minio"], &[]).unwrap_err();
+        assert_eq!((err.setting, err.env), ("--s3-endpoint", None));
+    }
+
+    #[test]
+    fn switches_take_the_usual_spellings() {
+        for (value, on) in [
+            ("1", true),
+            ("true", true),
+            ("TRUE", true),
+            ("yes", true),
+            ("Yes", true),
+            ("on", true),
+            ("0", false),
+            ("false", false),
+            ("no", false),
+            ("OFF", false),
+            ("", false),
+        ] {
+            assert_eq!(parse_switch("DEIS_DEBUG", value).unwrap(), on, "{value:?}");
+            let s = settings(&["--data-dir", "/d"], &[("DEIS_DEBUG", value)]).unwrap();
+            assert_eq!(s.debug, on, "{value:?}");
+        }
+        for value in ["y", "enabled", "2"] {
+            let err = parse_switch("--s3-virtual-hosted", value).unwrap_err();
+            assert_eq!(err.setting, "--s3-virtual-hosted");
+            assert!(err.problem.contains("yes/no"), "{err}");
+        }
+        let err = settings(&[], &[("DEIS_DEBUG", "verbose")]).unwrap_err();
+        assert_eq!(err.setting, "DEIS_DEBUG");
+        assert!(!settings(&[], &[]).unwrap().debug);
+
+        // On the command line --s3-virtual-hosted is a plain flag.
+        let s = settings(&["--storage", "s3://bucket", "--s3-virtual-hosted"], &[]).unwrap();
+        assert!(matches!(
+            s.storage,
+            StorageSettings::S3 {
+                path_style: false,
+                ..
+            }
+        ));
+        let s = settings(&["--storage", "s3://bucket"], &[]).unwrap();
+        assert!(matches!(
+            s.storage,
+            StorageSettings::S3 {
+                path_style: true,
+                ..
+            }
+        ));
     }
 }

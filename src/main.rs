@@ -1,12 +1,11 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use deis_builder::cli::{Cli, Command, PullArgs, PurgeCacheArgs};
 use deis_builder::config::{LogFormat, Settings};
 
 fn main() -> ExitCode {
     return_big_buffers_to_the_kernel();
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_sources();
     let outcome = match cli.command {
         Command::Hook => {
             return ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1))
@@ -54,11 +53,14 @@ fn settings(args: deis_builder::cli::ServeArgs, server_logs: bool) -> Result<Set
         eprintln!("deis-builder: {error}");
         ExitCode::from(2)
     })?;
-    init_tracing(if server_logs {
-        settings.log_format
-    } else {
-        LogFormat::Human
-    });
+    init_tracing(
+        if server_logs {
+            settings.log_format
+        } else {
+            LogFormat::Human
+        },
+        settings.debug,
+    );
     if server_logs {
         settings.log_effective();
     }
@@ -68,9 +70,22 @@ fn settings(args: deis_builder::cli::ServeArgs, server_logs: bool) -> Result<Set
 /// `deis-builder purge-cache APP`: deletes the app's build cache objects.
 async fn purge_cache(settings: Settings, app: String) -> anyhow::Result<()> {
     let app = deis_builder::names::AppName::parse(&app)?;
+    // Opening a local store creates it: a mistyped data dir must not get one.
+    if let deis_builder::config::StorageSettings::Local(dir) = &settings.storage {
+        if !dir.is_dir() {
+            println!(
+                "No build cache for {app}: there is no local storage at {}.",
+                dir.display()
+            );
+            return Ok(());
+        }
+    }
     let store = deis_builder::server::store(&settings).await?;
-    deis_builder::build::cache::purge(store.as_ref(), &app).await?;
-    println!("Build cache of {app} purged ({}).", store.describe());
+    if deis_builder::build::cache::purge(store.as_ref(), &app).await? {
+        println!("Build cache of {app} purged ({}).", store.describe());
+    } else {
+        println!("No build cache for {app} ({}).", store.describe());
+    }
     Ok(())
 }
 
@@ -86,7 +101,7 @@ fn run<T>(job: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T
     })
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, debug: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
@@ -94,11 +109,7 @@ fn init_tracing(format: LogFormat) {
     let credentials_safe = tracing_subscriber::filter::filter_fn(|metadata| {
         deis_builder::config::log_event_allowed(metadata)
     });
-    let default = if std::env::var_os("DEIS_DEBUG").is_some() {
-        "debug"
-    } else {
-        "info"
-    };
+    let default = if debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -308,7 +308,8 @@ impl Pipeline {
                 "{BUILDER_SETTING}=dockerfile is set but the app has no Dockerfile at its root"
             ))),
             Some(other) => Err(BuildError::Plan(format!(
-                "{BUILDER_SETTING}={} is neither `procfile` nor `dockerfile`",
+                "{BUILDER_SETTING}={} is not one of `procfile`, `buildpack` or `dockerfile` \
+                 (or unset: a Dockerfile decides)",
                 crate::names::printable(other)
             ))),
         }
