@@ -248,7 +248,7 @@ pub fn select_commit(updates: &[String]) -> Result<CommitId, String> {
         let branch = refname.strip_prefix("refs/heads/");
         if new.is_zero() {
             return Err(format!(
-                "deleting {} is not allowed here",
+                "deleting {} is not allowed here: the app keeps what it last deployed. To deploy another commit instead, run: git push --force deis <commit>:master",
                 printable(branch.unwrap_or(refname))
             ));
         }

@@ -95,6 +95,35 @@ fn build_cache_is_reused_discarded_when_corrupt_purged_and_disabled() {
         String::from_utf8_lossy(&purged.stderr)
     );
     assert!(!cache_object.exists(), "purge-cache must delete the cache");
+    let said = String::from_utf8_lossy(&purged.stdout);
+    assert!(
+        said.contains(&format!("Build cache of {name} purged")),
+        "{said}"
+    );
+    // Nothing left to purge: it says so, and a mistyped data dir is not created.
+    let again = purge_cache(&builder, &name, &[]);
+    assert!(again.status.success());
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        said.contains(&format!("No build cache for {name}")),
+        "{said}"
+    );
+    let typo = builder.data_dir.path().join("typo-dir");
+    let mistyped = Command::new(env!("CARGO_BIN_EXE_deis-builder"))
+        .args(["purge-cache", &name, "--data-dir"])
+        .arg(&typo)
+        .env_remove("DEIS_CONTROLLER_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&mistyped.stdout);
+    assert!(
+        said.contains(&format!(
+            "No build cache for {name}: there is no local storage at"
+        )),
+        "{said}{}",
+        String::from_utf8_lossy(&mistyped.stderr)
+    );
+    assert!(!typo.exists(), "purge-cache created {}", typo.display());
     app.commit_file("VERSION", "4\n");
     let after_purge = app.push(&builder, &name, &key);
     after_purge

@@ -28,9 +28,17 @@ fn buildpack_app_is_built_stored_in_s3_and_released() {
         .assert_says("remote: -----> Python app detected")
         .assert_says("remote:        Using Python")
         .assert_says("Procfile declares types -> web, worker")
+        .assert_says(
+            "remote:  !     Warning: .slugignore line 5: negation (\"!keep.log\") is not supported",
+        )
         .assert_says("remote: Build complete.")
         .assert_says("remote: Launching App...")
         .assert_says(&format!("remote: Done, {name}:v1 deployed"));
+    assert!(
+        !first.output.contains(".slugignore: .slugignore"),
+        "{}",
+        first.output
+    );
     let sha8 = app.head()[..8].to_owned();
 
     let s3 = S3::connect();

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use util::*;
 
+const BUILDER_KEY: &str = "sigterm-test-builder-key";
+
 #[test]
 fn unknown_keys_are_denied() {
     require_services!();
@@ -15,6 +17,105 @@ fn unknown_keys_are_denied() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
+}
+
+/// OpenSSH's own account of one login attempt (`ssh -v`) with `key`.
+fn verbose_login(builder: &Builder, key: &Key) -> (bool, String) {
+    let out = key.ssh(
+        builder.ssh_port,
+        &["-v"],
+        &["git-upload-pack '/nothing.git'"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (stderr.contains("Authenticated to"), stderr)
+}
+
+#[test]
+fn unknown_keys_are_refused_when_offered() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    // A passphrase-protected key: were it accepted at the offer, OpenSSH would need the
+    // passphrase to sign, and in batch mode it would say it cannot read one.
+    let stranger = Key::generate_with_passphrase("ed25519", "stranger", "a passphrase");
+    let (authenticated, stderr) = verbose_login(&builder, &stranger);
+    assert!(!authenticated, "{stderr}");
+    assert!(stderr.contains("Offering public key"), "{stderr}");
+    assert!(!stderr.contains("Server accepts key"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("passphrase"), "{stderr}");
+    assert!(stderr.contains("Permission denied (publickey)"), "{stderr}");
+    let (_, metrics) = http_get(builder.http_port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("deis_builder_auth_failures_total 1"),
+        "one refusal, counted once: {metrics}"
+    );
+
+    // An authorized key is accepted at the offer and then logs in.
+    let developer = Key::generate("ed25519", "dev");
+    builder.authorize(&developer);
+    let (authenticated, stderr) = verbose_login(&builder, &developer);
+    assert!(stderr.contains("Server accepts key"), "{stderr}");
+    assert!(authenticated, "{stderr}");
+}
+
+#[test]
+fn authorized_keys_options_are_read_like_sshd() {
+    require_services!();
+    let builder = Builder::start(BuilderOptions::default());
+    let app = App::from_fixture("static-site");
+    let name = unique("opts");
+    let write_keys = |lines: &[String]| {
+        std::fs::write(
+            builder.data_dir.path().join("authorized_keys"),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+    };
+    let restricted = Key::generate("ed25519", "restricted");
+    let commanded = Key::generate("ed25519", "commanded");
+    let elsewhere = Key::generate("ed25519", "elsewhere");
+    let expired = Key::generate("ed25519", "expired");
+    let authority = Key::generate("ed25519", "authority");
+    write_keys(&[
+        format!(
+            "no-pty,no-port-forwarding,restrict,from=\"127.0.0.0/8,::1\" {}",
+            restricted.public_line
+        ),
+        format!(
+            "command=\"echo \\\"forced, quoted\\\"\",no-agent-forwarding {}",
+            commanded.public_line
+        ),
+        format!("from=\"192.0.2.*\" {}", elsewhere.public_line),
+        format!("expiry-time=\"20200101\" {}", expired.public_line),
+        format!("cert-authority {}", authority.public_line),
+    ]);
+    // Options the builder implies or ignores do not stop a push.
+    app.push(&builder, &name, &restricted)
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v1 deployed"));
+    app.commit_file("VERSION", "2\n");
+    app.push(&builder, &name, &commanded)
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v2 deployed"));
+    assert!(
+        builder.log().contains("authorized_keys options ignored"),
+        "the ignored command= is logged:\n{}",
+        builder.log()
+    );
+    // from= and expiry-time= are honoured; cert-authority lines are skipped.
+    for (key, what) in [
+        (&elsewhere, "from="),
+        (&expired, "expiry-time="),
+        (&authority, "cert-authority"),
+    ] {
+        let (authenticated, stderr) = verbose_login(&builder, key);
+        assert!(!authenticated, "{what}: {stderr}");
+        assert!(!stderr.contains("Server accepts key"), "{what}: {stderr}");
+    }
+    assert!(
+        builder.log().contains("SSH certificates are not supported"),
+        "{}",
+        builder.log()
+    );
 }
 
 #[test]
@@ -124,7 +225,10 @@ fn only_master_or_main_deploys() {
         .assert_says(&format!("Done, {name}:v1 deployed"));
     app.push_ref(&builder, &name, &key, ":main")
         .assert_rejected()
-        .assert_says("deleting main is not allowed");
+        .assert_says("deleting main is not allowed here")
+        .assert_says(
+            "To deploy another commit instead, run: git push --force deis <commit>:master",
+        );
 }
 
 #[test]
@@ -255,6 +359,36 @@ fn operator_host_keys_are_served() {
         .exists());
 }
 
+/// README: `scripts/run.sh` serves SSH on 2222, a plain `deis-builder serve` on 2223.
+#[test]
+fn plain_serve_listens_on_the_port_the_readme_names() {
+    require_services!();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("a plain `deis-builder serve` listens on\n`0.0.0.0:2223`"));
+    let run_sh =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/run.sh")).unwrap();
+    assert!(run_sh.contains("ssh_addr=${DEIS_SSH_ADDR:-0.0.0.0:2222}"));
+    // Port 2223 may be taken on a shared machine: the effective settings show the choice.
+    let data_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deis-builder"))
+        .args(["serve", "--data-dir"])
+        .arg(data_dir.path())
+        .args([
+            "--http-addr",
+            "127.0.0.1:1",
+            "--stack-image",
+            "none/such:image",
+        ])
+        .env_remove("DEIS_BUILDER_SSH_ADDR")
+        .env_remove("SSH_HOST_IP")
+        .env_remove("SSH_HOST_PORT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0.0.0.0:2223"), "{stderr}");
+}
+
 #[test]
 fn invalid_settings_stop_start_up_with_one_line() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_deis-builder"))
@@ -276,7 +410,10 @@ fn invalid_settings_stop_start_up_with_one_line() {
 #[test]
 fn sigterm_lets_a_running_push_finish() {
     require_services!();
-    let (mut builder, key) = Builder::with_developer();
+    let (mut builder, key) = Builder::with_developer_and(BuilderOptions {
+        extra_args: vec!["--builder-key".into(), BUILDER_KEY.into()],
+        ..Default::default()
+    });
     let app = App::from_fixture("procfile-wait");
     let name = unique("graceful");
 
@@ -286,6 +423,35 @@ fn sigterm_lets_a_running_push_finish() {
     assert!(eventually(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", builder.ssh_port)).is_err()
     }));
+    // HTTP stays up through the drain: health says why it is down, metrics still answer,
+    // new imports are refused.
+    for path in ["/healthz", "/readiness"] {
+        let (status, body) =
+            http_get(builder.http_port, path).expect("HTTP answers while draining");
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(
+            body.contains(r#""ssh":"error: shutting down""#),
+            "{path}: {body}"
+        );
+    }
+    let (status, metrics) =
+        http_get(builder.http_port, "/metrics").expect("metrics while draining");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("deis_builder_builds_active 1"),
+        "{metrics}"
+    );
+    let import = format!(r#"{{"app":"{name}","image":"busybox:latest"}}"#);
+    let (status, body) = http_request(
+        builder.http_port,
+        "POST",
+        "/v2/hooks/import/",
+        &format!("X-Deis-Builder-Auth: {BUILDER_KEY}\r\nContent-Type: application/json\r\n"),
+        &import,
+    )
+    .expect("import answer while draining");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("the builder is restarting"), "{body}");
     release_waiting_build(&name);
     push.finish()
         .assert_ok()

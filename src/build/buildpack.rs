@@ -64,7 +64,7 @@ impl Pipeline {
             None => SlugIgnore::empty(),
         };
         for warning in ignore.warnings() {
-            out.detail(format!(".slugignore: {warning}")).await;
+            out.error(format!("Warning: {warning}")).await;
         }
 
         // Removed (with everything fetched or downloaded into it) when the build ends.

@@ -86,12 +86,14 @@ pub enum Saved {
     },
 }
 
-/// Deletes an app's cache (both objects). Idempotent.
-pub async fn purge(store: &dyn ObjectStore, app: &AppName) -> Result<(), StorageError> {
+/// Deletes an app's cache (both objects). Idempotent; says whether there was one.
+pub async fn purge(store: &dyn ObjectStore, app: &AppName) -> Result<bool, StorageError> {
     let keys = CacheKeys::new(app);
+    let existed = store.exists(&keys.archive).await? || store.exists(&keys.hash).await?;
     // Hash first: a half-purged cache then fails verification instead of being trusted.
     store.delete(&keys.hash).await?;
-    store.delete(&keys.archive).await
+    store.delete(&keys.archive).await?;
+    Ok(existed)
 }
 
 /// Downloads and verifies the app's cache into `dir`.
