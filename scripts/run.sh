@@ -5,7 +5,8 @@
 # local engine). Extra arguments are passed to `deis-builder serve`.
 #
 # Settings: DEIS_DATA_DIR, DEIS_SSH_ADDR (0.0.0.0:2222), DEIS_HTTP_ADDR (127.0.0.1:8092),
-# DEIS_STACK_IMAGE, CARGO_TARGET_DIR.
+# DEIS_STACK_IMAGE, CARGO_TARGET_DIR; the builder's own DEIS_BUILDER_* variables (e.g.
+# DEIS_BUILDER_BUILD_NETWORK, DEIS_BUILDER_BUILD_CA_FILE) win over what this script picks.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,25 @@ ssh_addr=${DEIS_SSH_ADDR:-0.0.0.0:2222}
 http_addr=${DEIS_HTTP_ADDR:-127.0.0.1:8092}
 mkdir -p "$data_dir"
 
+# Builds need a network to install dependencies (pip, npm, Go modules). A stock engine has
+# the `bridge` network; ours runs with --bridge=none (no private-range addresses), so builds
+# share the host's network instead. Builds then trust the host's CA bundle as well as the
+# stack's own: hosts that reach package registries through an intercepting proxy have its
+# CA there.
+build_args=()
+if [[ -z ${DEIS_BUILDER_BUILD_NETWORK:-} ]]; then
+    if docker network inspect bridge >/dev/null 2>&1; then
+        build_network=bridge
+    else
+        build_network=host
+    fi
+    build_args+=(--build-network "$build_network")
+fi
+host_ca_bundle=/etc/ssl/certs/ca-certificates.crt
+if [[ -z ${DEIS_BUILDER_BUILD_CA_FILE:-} && -s $host_ca_bundle ]]; then
+    build_args+=(--build-ca-file "$host_ca_bundle")
+fi
+
 cat <<EOF
 
 deis-builder
@@ -32,6 +52,7 @@ deis-builder
   ssh:        $ssh_addr
   http:       $http_addr
   stack:      $DEIS_STACK_IMAGE
+  builds:     ${build_args[*]:-network and CA from DEIS_BUILDER_* variables}
 
 Allow a key to push (the key's comment becomes the user name):
   cat ~/.ssh/id_ed25519.pub >> $data_dir/authorized_keys
@@ -47,4 +68,5 @@ exec "$CARGO_TARGET_DIR/release/deis-builder" serve \
     --ssh-addr "$ssh_addr" \
     --http-addr "$http_addr" \
     --stack-image "$DEIS_STACK_IMAGE" \
+    "${build_args[@]}" \
     "$@"

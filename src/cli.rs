@@ -165,9 +165,32 @@ pub struct ServeArgs {
     )]
     pub host_keys: Vec<PathBuf>,
 
-    /// Network for build containers: `none` (default, no network) or an engine network such as `host`.
-    #[arg(long, env = "DEIS_BUILDER_BUILD_NETWORK", default_value = "none")]
+    /// Engine network of build containers: `bridge` (a stock engine's default), `host`
+    /// (an engine without a bridge), another engine network, or `none` (sealed builds).
+    #[arg(long, env = "DEIS_BUILDER_BUILD_NETWORK", default_value = "bridge")]
     pub build_network: String,
+
+    /// PEM file of CA certificates every build trusts besides the stack's own (a
+    /// corporate proxy's CA).
+    #[arg(long, env = "DEIS_BUILDER_BUILD_CA_FILE")]
+    pub build_ca_file: Option<PathBuf>,
+
+    /// HTTP proxy URL handed to builds (`HTTP_PROXY`/`http_proxy`).
+    #[arg(long, env = "DEIS_BUILDER_BUILD_HTTP_PROXY")]
+    pub build_http_proxy: Option<String>,
+
+    /// HTTPS proxy URL handed to builds (`HTTPS_PROXY`/`https_proxy`).
+    #[arg(long, env = "DEIS_BUILDER_BUILD_HTTPS_PROXY")]
+    pub build_https_proxy: Option<String>,
+
+    /// Hosts builds reach without the proxy (`NO_PROXY`/`no_proxy`), comma-separated.
+    #[arg(long, env = "DEIS_BUILDER_BUILD_NO_PROXY")]
+    pub build_no_proxy: Option<String>,
+
+    /// The stack name builds see in `$STACK` [default: the stack image's
+    /// `io.deis.builder.stack` or `io.buildpacks.stack.id` label, else `deis-bookworm`].
+    #[arg(long, env = "DEIS_BUILDER_STACK_NAME")]
+    pub stack_name: Option<String>,
 
     /// Memory limit of a build container, e.g. `2g`, `512m`.
     #[arg(long, env = "DEIS_BUILDER_BUILD_MEMORY", default_value = "2g")]

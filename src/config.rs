@@ -119,6 +119,69 @@ pub struct BuildSettings {
     /// Where pushes keep private workspaces (fetched buildpacks, the cache archive):
     /// `DATA_DIR/tmp`, emptied by the start-up sweep after a crash.
     pub work_dir: PathBuf,
+    /// `--stack-name`; unset, the stack image's label names the stack.
+    pub stack_name: Option<String>,
+    /// What builds get to reach package registries through a corporate network.
+    pub egress: EgressSettings,
+}
+
+/// Extra trust and proxies for builds. `Debug` shows proxy URLs without credentials.
+#[derive(Clone, Default)]
+pub struct EgressSettings {
+    /// `--build-ca-file` and its PEM text, checked at start-up.
+    pub ca: Option<(PathBuf, String)>,
+    pub http_proxy: Option<Secret>,
+    pub https_proxy: Option<Secret>,
+    pub no_proxy: Option<String>,
+}
+
+impl EgressSettings {
+    /// The proxy variables of a build's environment, both spellings as tools differ.
+    pub fn proxy_env(&self) -> Vec<(&'static str, &str)> {
+        let pairs = [
+            (
+                "HTTP_PROXY",
+                "http_proxy",
+                self.http_proxy.as_ref().map(Secret::expose),
+            ),
+            (
+                "HTTPS_PROXY",
+                "https_proxy",
+                self.https_proxy.as_ref().map(Secret::expose),
+            ),
+            ("NO_PROXY", "no_proxy", self.no_proxy.as_deref()),
+        ];
+        pairs
+            .into_iter()
+            .filter_map(|(upper, lower, value)| Some([(upper, value?), (lower, value?)]))
+            .flatten()
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for EgressSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown =
+            |proxy: &Option<Secret>| proxy.as_ref().map(|p| without_credentials(p.expose()));
+        f.debug_struct("EgressSettings")
+            .field("ca_file", &self.ca.as_ref().map(|(path, _)| path))
+            .field("http_proxy", &shown(&self.http_proxy))
+            .field("https_proxy", &shown(&self.https_proxy))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
+/// `scheme://user:pass@host` → `scheme://***@host`, for logs and errors.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 /// The private registry. `Debug` says whether credentials are set, never what they are
@@ -267,6 +330,28 @@ impl Settings {
                 &args.buildpack_fetch_timeout,
             )?,
             work_dir: data_dir.join("tmp"),
+            stack_name: args
+                .stack_name
+                .map(|name| stack_name("--stack-name", name))
+                .transpose()?,
+            egress: EgressSettings {
+                ca: args
+                    .build_ca_file
+                    .map(|path| read_ca_file(&path).map(|pem| (path, pem)))
+                    .transpose()?,
+                http_proxy: args
+                    .build_http_proxy
+                    .map(|url| proxy_url("--build-http-proxy", url))
+                    .transpose()?,
+                https_proxy: args
+                    .build_https_proxy
+                    .map(|url| proxy_url("--build-https-proxy", url))
+                    .transpose()?,
+                no_proxy: args
+                    .build_no_proxy
+                    .map(|hosts| plain_value("--build-no-proxy", hosts))
+                    .transpose()?,
+            },
         };
         let limits = LimitSettings {
             max_builds: parse_number("--max-builds", &args.max_builds, 1)?,
@@ -525,6 +610,67 @@ fn storage_settings(
         ));
     }
     Ok(StorageSettings::Local(PathBuf::from(spec)))
+}
+
+/// Largest `--build-ca-file` accepted (a full public bundle is about 200 KiB).
+const MAX_CA_FILE_BYTES: u64 = 4 << 20;
+
+/// Reads `--build-ca-file`: PEM text with at least one certificate.
+fn read_ca_file(path: &Path) -> Result<String, ConfigError> {
+    let fail = |problem: String| invalid("--build-ca-file", problem);
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?
+        .len();
+    if size > MAX_CA_FILE_BYTES {
+        return Err(fail(format!("{} is larger than 4 MiB", path.display())));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(fail(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// A proxy URL: `http(s)://[user:password@]host[:port]`, one line.
+fn proxy_url(setting: &'static str, url: String) -> Result<Secret, ConfigError> {
+    let url = plain_value(setting, url)?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(invalid(
+            setting,
+            format!("{:?} is not an http(s) URL", without_credentials(&url)),
+        ));
+    }
+    Ok(Secret::new(url))
+}
+
+/// A stack name as buildpacks compare it: letters, digits, `-`, `_`, `.`.
+pub fn stack_name(setting: &'static str, name: String) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(invalid(
+            setting,
+            format!("{name:?} is not a stack name (letters, digits, `-`, `_`, `.`)"),
+        ))
+    }
+}
+
+/// A value that becomes one environment variable: trimmed, non-empty, no control bytes.
+fn plain_value(setting: &'static str, value: String) -> Result<String, ConfigError> {
+    let value = value.trim().to_owned();
+    if value.is_empty() || value.chars().any(char::is_control) {
+        return Err(invalid(setting, "must be one non-empty line"));
+    }
+    Ok(value)
 }
 
 fn non_empty(setting: &'static str, value: String) -> Result<String, ConfigError> {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::build::queue::BuildQueue;
-use crate::build::{ImportRequest, Pipeline};
+use crate::build::{ImportRequest, Pipeline, Stack};
 use crate::cli::ImportArgs;
 use crate::config::{ControllerSettings, Settings, StorageSettings};
 use crate::controller::{Controller, DeisController, StandaloneController};
@@ -35,6 +35,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve data dir {}", settings.data_dir.display()))?;
 
     let (controller, store, engine) = services(&settings, &data_dir).await?;
+    let stack = Stack::inspect(&engine, &settings.build)
+        .await
+        .context("stack")?;
     sweep_leftovers(&settings, &data_dir, &engine).await?;
     let final_engine = engine.clone();
 
@@ -63,6 +66,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         store: store.clone(),
         engine: engine.clone(),
         settings: settings.build.clone(),
+        stack: stack.clone(),
     });
     // Two stages: `stop_accepting` closes the doors; `abort` cancels what still runs
     // once the grace period is over.
@@ -83,8 +87,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         http = %http_listener.local_addr()?,
         controller = %controller.describe(),
         storage = %store.describe(),
-        stack = %settings.build.stack_image,
+        stack_image = %settings.build.stack_image,
+        stack = %stack.name,
         build_network = %settings.build.network,
+        build_ca = stack.ca_bundle.is_some(),
         "deis-builder ready"
     );
 
@@ -254,10 +260,6 @@ async fn services(
     )
     .await
     .context("Docker engine")?;
-    engine
-        .require_image(&settings.build.stack_image)
-        .await
-        .context("stack image")?;
     Ok((controller, store, engine))
 }
 
@@ -290,6 +292,8 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
         store,
         engine,
         settings: settings.build.clone(),
+        // An import runs no build: it needs neither the stack nor the build network.
+        stack: Stack::for_imports_only(),
     };
     let (out, mut rx) = crate::push::Output::channel(64);
     let printer = tokio::spawn(async move {

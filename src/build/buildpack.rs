@@ -15,8 +15,9 @@ use tokio_util::io::{StreamReader, SyncIoBridge};
 use super::cache::{self, Restore, RestoredCache, Saved};
 use super::fetch::{self, BuildpackUrl, FetchedBuildpack, Fetcher, UrlKind, Workspace};
 use super::redact::{RedactedOutput, Redactor};
+use super::submodule::{self, FetchedSubmodule};
 use super::timing::{Stage, StageTimes};
-use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published, STACK};
+use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published};
 use crate::engine::{BuildContainer, BuildContainerSpec, EngineError};
 use crate::pipe::ByteStream;
 use crate::push::{Output, Push};
@@ -41,6 +42,8 @@ struct BuildInputs {
     cache: Option<PathBuf>,
     buildpacks: Option<Vec<FetchedBuildpack>>,
     ssh_key: Option<String>,
+    ca_bundle: Option<std::sync::Arc<[u8]>>,
+    submodules: Vec<FetchedSubmodule>,
 }
 
 impl Pipeline {
@@ -73,9 +76,15 @@ impl Pipeline {
             .get(SSH_KEY)
             .map(|value| input::decode_ssh_key(value));
         let redactor = Redactor::for_build(config, ssh_key.as_deref(), &self.own_secrets());
+        let fetcher = Fetcher {
+            timeout: self.settings.fetch_timeout,
+            ssh_key: ssh_key.clone(),
+        };
         let buildpacks = self
-            .fetch_buildpacks(push, config, ssh_key.clone(), &workspace, out)
+            .fetch_buildpacks(push, config, &fetcher, &workspace, out)
             .await?;
+        let submodules =
+            submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
         let cache_enabled = !config.contains_key(DISABLE_CACHE);
         let restored = if cache_enabled {
             self.restore_cache(push, &workspace, out).await
@@ -102,6 +111,8 @@ impl Pipeline {
             cache: restored.as_ref().map(|r| r.path.clone()),
             buildpacks,
             ssh_key,
+            ca_bundle: self.stack.ca_bundle.clone(),
+            submodules,
         };
         let started = times
             .time(
@@ -175,14 +186,10 @@ impl Pipeline {
         &self,
         push: &Push,
         config: &BTreeMap<String, String>,
-        ssh_key: Option<String>,
+        fetcher: &Fetcher,
         workspace: &Workspace,
         out: &Output,
     ) -> Result<Option<Vec<FetchedBuildpack>>, BuildError> {
-        let fetcher = Fetcher {
-            timeout: self.settings.fetch_timeout,
-            ssh_key,
-        };
         if let Some(text) = config.get(BUILDPACK_URL).filter(|v| !v.trim().is_empty()) {
             let url = BuildpackUrl::parse(text)?;
             out.step("Fetching custom buildpack").await;
@@ -280,11 +287,21 @@ impl Pipeline {
         let mut env = vec![
             "HOME=/app".into(),
             "APP_DIR=/app".into(),
-            format!("STACK={STACK}"),
+            format!("STACK={}", self.stack.name),
             format!("SOURCE_VERSION={}", push.commit),
             format!("REQUEST_ID={}", push.id),
             format!("DEIS_APP={}", push.app),
+            // Lets buildpacks explain a failed download in a sealed build.
+            format!("DEIS_BUILD_NETWORK={}", self.settings.network),
         ];
+        env.extend(self.stack.ca_env());
+        env.extend(
+            self.settings
+                .egress
+                .proxy_env()
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        );
         if buildpacks.is_some() {
             // The driver runs every buildpack in /build/buildpacks in order, no detection.
             env.push("BUILDPACK_SELECTION=listed".into());
@@ -317,6 +334,8 @@ impl Pipeline {
                     cache: inputs.cache.as_deref(),
                     buildpacks: inputs.buildpacks.as_deref(),
                     ssh_key: inputs.ssh_key.as_deref(),
+                    ca_bundle: inputs.ca_bundle.as_deref(),
+                    submodules: &inputs.submodules,
                 };
                 input::write(source, &config, &extras, w)
             }))

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures_util::{Stream, StreamExt};
 
+use super::fetch::{Fetcher, Workspace};
 use super::redact::{RedactedOutput, Redactor};
+use super::submodule;
 use super::{blocking_writer, input, Artifact, BuildError, Pipeline, Published, PublishedImage};
 use crate::config::RegistrySettings;
 use crate::engine::{EngineError, ImageBuild, RegistryApi, RegistryAuth};
@@ -46,11 +48,29 @@ impl Pipeline {
         let repository = image_repository(self.settings.registry.as_ref(), push.app.as_str());
         let tag = self.image_tag(push, &repository).await;
         let reference = format!("{repository}:{tag}");
-        let build_args = if enabled(config.get(BUILD_ARGS_SETTING)) {
+        let mut build_args: HashMap<String, String> = if enabled(config.get(BUILD_ARGS_SETTING)) {
             config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         } else {
             HashMap::new()
         };
+        // Docker's predefined proxy args: usable by RUN without an ARG line, and kept out
+        // of the image's history.
+        for (name, value) in self.settings.egress.proxy_env() {
+            build_args
+                .entry(name.to_owned())
+                .or_insert_with(|| value.to_owned());
+        }
+        // Submodules are part of the context, as in a recursive checkout; the workspace
+        // holding them lives until the build has read the context.
+        let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
+        let fetcher = Fetcher {
+            timeout: self.settings.fetch_timeout,
+            ssh_key: config
+                .get(super::buildpack::SSH_KEY)
+                .map(|value| input::decode_ssh_key(value)),
+        };
+        let submodules =
+            submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
         // The Dockerfile and .dockerignore always go to the engine, as with `docker build`.
         let context = blocking_writer(push.source.archive(&push.commit)?, move |source, w| {
             let keep = |path: &str, is_dir: bool| {
@@ -58,6 +78,9 @@ impl Pipeline {
             };
             let mut tar = tar::Builder::new(w);
             input::copy_tree(source, &mut tar, "", &keep)?;
+            for submodule in &submodules {
+                input::append_host_dir(&mut tar, &submodule.dir, &submodule.path, &keep)?;
+            }
             tar.into_inner().map(drop)
         });
         let spec = ImageBuild {

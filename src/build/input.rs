@@ -11,6 +11,7 @@ use std::path::Path;
 use include_dir::{include_dir, Dir, DirEntry};
 
 use super::fetch::FetchedBuildpack;
+use super::submodule::FetchedSubmodule;
 
 /// The built-in buildpacks and the in-container driver, compiled into the binary so one
 /// file is a complete builder.
@@ -34,6 +35,10 @@ pub struct Extras<'a> {
     pub buildpacks: Option<&'a [FetchedBuildpack]>,
     /// The app's private key (PEM/OpenSSH text), for buildpacks that fetch over ssh.
     pub ssh_key: Option<&'a str>,
+    /// The stack's CA bundle plus the operator's CA (`--build-ca-file`).
+    pub ca_bundle: Option<&'a [u8]>,
+    /// Git submodules of the pushed commit, checked out on the host.
+    pub submodules: &'a [FetchedSubmodule],
 }
 
 /// Writes the build input archive to `out`. `source` is a tar of the app tree (git archive).
@@ -55,6 +60,10 @@ pub fn write(
         append_dir(&mut tar, dir)?;
     }
     copy_source(source, &mut tar)?;
+    for submodule in extras.submodules {
+        let target = format!("app/{}", submodule.path);
+        append_host_dir(&mut tar, &submodule.dir, &target, &|_, _| true)?;
+    }
     for (name, value) in config {
         append_file(
             &mut tar,
@@ -73,12 +82,21 @@ pub fn write(
             for buildpack in fetched {
                 let target = format!("build/buildpacks/{}", buildpack.name);
                 append_dir(&mut tar, &target)?;
-                append_host_dir(&mut tar, &buildpack.dir, &target)?;
+                append_host_dir(&mut tar, &buildpack.dir, &target, &|_, _| true)?;
             }
         }
     }
     if let Some(key) = extras.ssh_key {
         append_ssh(&mut tar, key)?;
+    }
+    if let Some(bundle) = extras.ca_bundle {
+        // A file entry only: the image's /etc keeps its owners, the bundle is root's as
+        // on any system, readable by all.
+        let path = super::SYSTEM_CA_BUNDLE.trim_start_matches('/');
+        let mut h = header(tar::EntryType::Regular, 0o644, bundle.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        tar.append_data(&mut h, path, bundle)?;
     }
     tar.into_inner()?.flush()
 }
@@ -150,12 +168,14 @@ fn copy_cache<W: Write>(cache: &Path, tar: &mut tar::Builder<W>) -> io::Result<(
     Ok(())
 }
 
-/// A host directory (a fetched buildpack) under `target`, in sorted order; `.git` is left
-/// out, symlinks stay symlinks, anything that is not a file, directory or link is skipped.
-fn append_host_dir<W: Write>(
+/// A host directory (a fetched buildpack or submodule) under `target`, in sorted order;
+/// `.git` is left out, symlinks stay symlinks (never followed), anything that is not a
+/// file, directory or link is skipped, and so is what `keep(target path, is_dir)` refuses.
+pub(super) fn append_host_dir<W: Write>(
     tar: &mut tar::Builder<W>,
     dir: &Path,
     target: &str,
+    keep: &dyn Fn(&str, bool) -> bool,
 ) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
@@ -172,6 +192,9 @@ fn append_host_dir<W: Write>(
         let path = entry.path();
         let child = format!("{target}/{name}");
         let meta = std::fs::symlink_metadata(&path)?;
+        if !keep(&child, meta.is_dir()) {
+            continue;
+        }
         let mode = meta.permissions().mode() & 0o777;
         if meta.file_type().is_symlink() {
             let link = std::fs::read_link(&path)?;
@@ -179,7 +202,7 @@ fn append_host_dir<W: Write>(
             tar.append_link(&mut h, &child, link)?;
         } else if meta.is_dir() {
             append_dir(tar, &child)?;
-            append_host_dir(tar, &path, &child)?;
+            append_host_dir(tar, &path, &child, keep)?;
         } else if meta.is_file() {
             let mut h = header(tar::EntryType::Regular, mode, meta.len());
             tar.append_data(&mut h, &child, std::fs::File::open(&path)?)?;
@@ -360,12 +383,20 @@ mod tests {
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                assert_eq!(e.header().uid().unwrap(), BUILD_UID);
-                e.path()
+                let name = e
+                    .path()
                     .unwrap()
                     .to_string_lossy()
                     .trim_end_matches('/')
-                    .to_owned()
+                    .to_owned();
+                // The CA bundle is root's, as on any system; all else the build user's.
+                let owner = if name == "etc/ssl/certs/ca-certificates.crt" {
+                    0
+                } else {
+                    BUILD_UID
+                };
+                assert_eq!(e.header().uid().unwrap(), owner, "{name}");
+                name
             })
             .collect()
     }
@@ -402,6 +433,8 @@ mod tests {
             cache: Some(&cache_path),
             buildpacks: Some(&fetched),
             ssh_key: Some("-----BEGIN KEY-----\nx\n"),
+            ca_bundle: Some(b"-----BEGIN CERTIFICATE-----\n"),
+            submodules: &[],
         };
         let mut out = Vec::new();
         write(&source[..], &BTreeMap::new(), &extras, &mut out).unwrap();
@@ -412,6 +445,7 @@ mod tests {
             "build/bin/build",
             "build/ssh/id_key",
             "build/ssh/config",
+            "etc/ssl/certs/ca-certificates.crt",
         ] {
             assert!(
                 names.iter().any(|n| n == expected),
@@ -420,6 +454,11 @@ mod tests {
         }
         assert!(!names.iter().any(|n| n.contains(".git")), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("10-python")), "{names:?}");
+        // Only the bundle itself: the image's /etc keeps its owners and modes.
+        assert!(
+            !names.iter().any(|n| n == "etc" || n == "etc/ssl"),
+            "{names:?}"
+        );
     }
 
     #[test]

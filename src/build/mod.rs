@@ -9,6 +9,7 @@ mod import;
 mod input;
 pub mod queue;
 mod redact;
+mod submodule;
 mod timing;
 
 pub use import::{ImportRequest, Imported};
@@ -33,8 +34,87 @@ use crate::slug::{self, ProcessTypes};
 use crate::storage::{ObjectStore, StorageError};
 use timing::{Stage, StageTimes};
 
-/// The stack name buildpacks see in `$STACK`.
-pub const STACK: &str = "deis-bookworm";
+/// `$STACK` when neither `--stack-name` nor a label of the stack image names the stack:
+/// the name this builder's own stack had before it carried a label.
+pub const DEFAULT_STACK: &str = "deis-bookworm";
+
+/// Labels that name the stack of an image: ours, then the Cloud Native Buildpacks one
+/// (Heroku's images carry `io.buildpacks.stack.id=heroku-22`).
+const STACK_LABELS: [&str; 2] = ["io.deis.builder.stack", "io.buildpacks.stack.id"];
+
+/// Where Debian-family stacks keep the CA bundle every TLS client reads by default.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Largest stack CA bundle read at start-up.
+const MAX_CA_BUNDLE_BYTES: u64 = 8 << 20;
+
+/// The stack builds run on, read off the stack image once at start-up.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// `$STACK` in buildpack builds.
+    pub name: String,
+    /// The image's CA bundle plus `--build-ca-file`: written over [`SYSTEM_CA_BUNDLE`] in
+    /// every buildpack build, and named by the variables TLS clients read.
+    pub ca_bundle: Option<Arc<[u8]>>,
+}
+
+impl Stack {
+    /// Checks that the stack image and the build network exist and reads what builds need.
+    pub async fn inspect(engine: &Engine, settings: &BuildSettings) -> Result<Stack, EngineError> {
+        let labels = engine.require_image(&settings.stack_image).await?;
+        engine.require_network(&settings.network).await?;
+        let name = match &settings.stack_name {
+            Some(name) => name.clone(),
+            None => STACK_LABELS
+                .iter()
+                .find_map(|label| labels.get(*label).filter(|value| !value.is_empty()))
+                .and_then(|name| crate::config::stack_name("stack image label", name.clone()).ok())
+                .unwrap_or_else(|| DEFAULT_STACK.to_owned()),
+        };
+        let ca_bundle = match &settings.egress.ca {
+            None => None,
+            Some((_, extra)) => {
+                let system = engine
+                    .read_image_file(&settings.stack_image, SYSTEM_CA_BUNDLE, MAX_CA_BUNDLE_BYTES)
+                    .await?
+                    .unwrap_or_default();
+                let mut bundle = system;
+                if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+                    bundle.push(b'\n');
+                }
+                bundle.extend_from_slice(extra.as_bytes());
+                Some(Arc::from(bundle))
+            }
+        };
+        Ok(Stack { name, ca_bundle })
+    }
+
+    /// For a pipeline that only imports images (`deis-builder pull`).
+    pub fn for_imports_only() -> Stack {
+        Stack {
+            name: DEFAULT_STACK.to_owned(),
+            ca_bundle: None,
+        }
+    }
+
+    /// Environment of a buildpack build that points TLS clients at the CA bundle.
+    pub fn ca_env(&self) -> Vec<String> {
+        if self.ca_bundle.is_none() {
+            return Vec::new();
+        }
+        [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+            "CURL_CA_BUNDLE",
+        ]
+        .iter()
+        .map(|name| format!("{name}={SYSTEM_CA_BUNDLE}"))
+        .collect()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -56,6 +136,8 @@ pub enum BuildError {
     NoBuildpack,
     #[error("{0}")]
     Fetch(#[from] fetch::FetchError),
+    #[error("{0}")]
+    Submodule(#[from] submodule::SubmoduleError),
     #[error("the compiled slug is {size}, over the limit of {limit}")]
     SlugTooLarge { size: String, limit: String },
     #[error("the build exited with status {0}")]
@@ -108,6 +190,7 @@ pub struct Pipeline {
     pub store: Arc<dyn ObjectStore>,
     pub engine: Engine,
     pub settings: BuildSettings,
+    pub stack: Stack,
 }
 
 #[async_trait::async_trait]

@@ -51,12 +51,28 @@ impl super::Pipeline {
     /// [`Redactor::for_build`]).
     pub(super) fn own_secrets(&self) -> Vec<&str> {
         let registry = self.settings.registry.as_ref();
+        let egress = &self.settings.egress;
         registry
             .and_then(|r| r.password.as_ref().map(|p| p.expose()))
             .into_iter()
             .chain(registry.and_then(|r| r.username.as_deref()))
+            .chain(
+                [&egress.http_proxy, &egress.https_proxy]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|proxy| proxy_password(proxy.expose())),
+            )
             .collect()
     }
+}
+
+/// The password of a proxy URL (`http://user:password@host`), which builds see in their
+/// environment and must never print.
+fn proxy_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo.split_once(':').map(|(_, password)| password)
 }
 
 /// Replaces every occurrence of a secret in a byte stream with `[redacted]`. Bytes that may

@@ -33,6 +33,10 @@ pub enum EngineError {
         "stack image {0} is not in the Docker engine (build it with the project's set-up script)"
     )]
     MissingImage(String),
+    #[error(
+        "the Docker engine has no network {0:?} for builds: on an engine without a bridge network use --build-network host, or none for builds without network"
+    )]
+    MissingNetwork(String),
     #[error("the Docker build failed: {0}")]
     BuildFailed(String),
     #[error("the registry refused the image: {0}")]
@@ -97,14 +101,93 @@ impl Engine {
             .map_err(|e| EngineError::Connect(e.to_string()))
     }
 
-    pub async fn require_image(&self, image: &str) -> Result<(), EngineError> {
+    /// Fails unless the stack image is in the engine; returns its labels.
+    pub async fn require_image(&self, image: &str) -> Result<HashMap<String, String>, EngineError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
+            Ok(inspected) => Ok(inspected
+                .config
+                .and_then(|config| config.labels)
+                .unwrap_or_default()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Err(EngineError::MissingImage(image.to_owned())),
             Err(e) => Err(api("inspecting the stack image")(e)),
         }
+    }
+
+    /// Fails unless build containers can join the engine network `name`.
+    pub async fn require_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.inspect_network(name, None).await {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(EngineError::MissingNetwork(name.to_owned())),
+            Err(e) => Err(api("inspecting the build network")(e)),
+        }
+    }
+
+    /// One file of an image (at most `max_bytes`), read through a container that is
+    /// created, never started, and removed. `None` when the image has no such file.
+    pub async fn read_image_file(
+        &self,
+        image: &str,
+        path: &str,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(vec!["true".to_owned()]),
+            labels: Some(HashMap::from([(
+                LABEL_INSTANCE.to_owned(),
+                self.instance.clone(),
+            )])),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None, body)
+            .await
+            .map_err(api("creating a container to read the stack image"))?;
+        let container = BuildContainer {
+            docker: self.docker.clone(),
+            id: created.id,
+            removed: false,
+        };
+        let archive: Result<Vec<Bytes>, io::Error> = container.download(path).try_collect().await;
+        container.remove().await?;
+        let archive = match archive {
+            Ok(chunks) => chunks.concat(),
+            // The engine answers 404 for a path the image does not have.
+            Err(error) if error.to_string().contains("404") => return Ok(None),
+            Err(error) => {
+                return Err(EngineError::Api {
+                    action: "reading a file of the stack image",
+                    message: error.to_string(),
+                })
+            }
+        };
+        let read = || -> io::Result<Option<Vec<u8>>> {
+            let mut tar = tar::Archive::new(archive.as_slice());
+            for entry in tar.entries()? {
+                let entry = entry?;
+                if entry.header().entry_type().is_file() {
+                    if entry.size() > max_bytes {
+                        return Err(io::Error::other(format!(
+                            "{path} is larger than {max_bytes} bytes"
+                        )));
+                    }
+                    let mut data = Vec::new();
+                    io::Read::read_to_end(&mut io::Read::take(entry, max_bytes), &mut data)?;
+                    return Ok(Some(data));
+                }
+            }
+            Ok(None)
+        };
+        read().map_err(|e| EngineError::Api {
+            action: "reading a file of the stack image",
+            message: e.to_string(),
+        })
     }
 
     /// Removes every container this builder instance left behind (after a crash or kill).

@@ -113,10 +113,13 @@ impl Builder {
             format!("127.0.0.1:{ssh_port}"),
             "--http-addr".into(),
             format!("127.0.0.1:{http_port}"),
-            "--stack-image".into(),
-            stack_image(),
         ];
-        let mut envs = Vec::new();
+        // Defaults a test may override with flags: the test stack, and sealed builds
+        // unless a test asks for a network (our engine has no bridge).
+        let mut envs = vec![
+            ("DEIS_BUILDER_STACK_IMAGE".to_owned(), stack_image()),
+            ("DEIS_BUILDER_BUILD_NETWORK".to_owned(), "none".to_owned()),
+        ];
         match &options.storage {
             Storage::Local => {}
             Storage::S3 { bucket } => {
