@@ -498,3 +498,83 @@ fn private_buildpack_is_fetched_over_ssh_with_ssh_key() {
         .assert_says("remote: -----> Buildpack version private-1");
     assert!(!pushed.output.contains(&encoded));
 }
+
+/// The contents of `path` in a slug.
+fn slug_file(slug: &std::path::Path, path: &str) -> String {
+    let out = Command::new("tar")
+        .arg("-xzOf")
+        .arg(slug)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{path} not in the slug: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Git submodules are fetched at the commit the push pins them to and land in the slug;
+/// one that cannot be fetched rejects the push naming it.
+#[test]
+fn submodules_are_part_of_the_build() {
+    require_services!();
+    let server = StaticServer::start();
+    let library = server.publish_buildpack_repo("library", "versioned");
+    library.write("LIBRARY", "pinned\n");
+    library.commit("the pinned commit");
+    library.publish();
+    let (builder, key) = Builder::with_developer();
+    let app = App::from_fixture("static-site");
+    app.git(&[
+        "submodule",
+        "add",
+        "-q",
+        &server.url("library.git"),
+        "vendor/library",
+    ]);
+    app.git(&["commit", "-q", "-m", "add a submodule"]);
+    // The library moves on after the app pinned it: the build must use the pinned commit.
+    library.write("LIBRARY", "newer\n");
+    library.commit("a later commit");
+    library.publish();
+
+    let name = unique("submod");
+    let pushed = app.push(&builder, &name, &key);
+    pushed
+        .assert_ok()
+        .assert_says("remote: -----> Fetching git submodules")
+        .assert_says(&format!(
+            "remote:        vendor/library at {} from {}",
+            &library.git(&["rev-parse", "HEAD~1"])[..8],
+            server.url("library.git")
+        ))
+        .assert_says(&format!("Done, {name}:v1 deployed"));
+    let sha8 = &app.head()[..8];
+    let slug = builder.storage_path(&format!("home/{name}:git-{sha8}/push/slug.tgz"));
+    assert_eq!(slug_file(&slug, "./vendor/library/LIBRARY"), "pinned\n");
+    assert!(
+        !slug_entries(&slug)
+            .iter()
+            .any(|e| e.starts_with("./vendor/library/.git")),
+        "the submodule's .git stays out"
+    );
+
+    // Moved to an address nobody answers: the push is rejected, naming the submodule.
+    let gone = format!("http://127.0.0.1:{}/library.git", unused_port());
+    app.git(&[
+        "config",
+        "-f",
+        ".gitmodules",
+        "submodule.vendor/library.url",
+        &gone,
+    ]);
+    app.git(&["commit", "-q", "-am", "the library moved"]);
+    app.push(&builder, &name, &key)
+        .assert_rejected()
+        .assert_says(&format!(
+            "cannot fetch submodule vendor/library from {gone}"
+        ));
+    assert_eq!(builder.releases(&name).len(), 1, "nothing new is released");
+}

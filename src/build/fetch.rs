@@ -46,6 +46,23 @@ pub enum FetchError {
     Io { url: String, error: std::io::Error },
 }
 
+impl FetchError {
+    /// What went wrong, without naming the URL (for messages that name it themselves).
+    pub fn detail(&self) -> String {
+        match self {
+            FetchError::BadUrl { reason, .. } => (*reason).to_owned(),
+            FetchError::TooMany(count) => format!("{count} entries"),
+            FetchError::Unreachable { detail, .. } => detail.clone(),
+            FetchError::BadRef { reference, .. } => format!("it has no commit {reference}"),
+            FetchError::Timeout { seconds, .. } => {
+                format!("fetching took longer than {seconds}s and was stopped")
+            }
+            FetchError::NotABuildpack { reason, .. } => reason.clone(),
+            FetchError::Io { error, .. } => error.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UrlKind {
     Git,
@@ -306,6 +323,16 @@ impl Fetcher {
             dir: root,
             version,
         })
+    }
+
+    /// A git repository (a submodule) at `url`'s ref into `dest`; returns the commit.
+    pub async fn fetch_repo(
+        &self,
+        url: &BuildpackUrl,
+        dest: &Path,
+        workspace: &Workspace,
+    ) -> Result<String, FetchError> {
+        self.fetch_git(url, dest, workspace).await
     }
 
     /// A shallow clone of the ref (or default branch); when the server cannot do shallow
@@ -621,7 +648,7 @@ fn unpack_tarball(archive: &Path, dest: &Path, url: &str) -> Result<PathBuf, Fet
 }
 
 /// HTTP user info (`user:password@`, `token@`) is a credential: it shows as `***@`.
-fn mask_credentials(url: &str) -> String {
+pub(super) fn mask_credentials(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest))
             if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>

@@ -626,6 +626,37 @@ impl Source {
         let status = child.wait().await.map_err(git_err)?;
         Ok(status.success().then_some(data))
     }
+
+    /// The commit a submodule at `path` is pinned to in `commit` (its gitlink), `None`
+    /// when `path` is no submodule there.
+    pub async fn gitlink(
+        &self,
+        commit: &CommitId,
+        path: &str,
+    ) -> Result<Option<CommitId>, GitError> {
+        let output = self
+            .command()
+            .args(["ls-tree", "-z", commit.as_str(), "--", path])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| GitError::Git {
+                what: "ls-tree",
+                message: e.to_string(),
+            })?;
+        // `160000 commit <sha>\t<path>\0`
+        let listing = String::from_utf8_lossy(&output.stdout);
+        let gitlink = listing.split('\0').find_map(|entry| {
+            let (meta, entry_path) = entry.split_once('\t')?;
+            let mut fields = meta.split(' ');
+            let (mode, kind, sha) = (fields.next()?, fields.next()?, fields.next()?);
+            (mode == "160000" && kind == "commit" && entry_path == path)
+                .then(|| CommitId::parse(sha).ok())
+                .flatten()
+        });
+        Ok(gitlink)
+    }
 }
 
 #[cfg(test)]
