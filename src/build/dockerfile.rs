@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt};
 use super::fetch::{Fetcher, Workspace};
 use super::redact::{RedactedOutput, Redactor};
 use super::submodule;
+use super::timing::{Stage, StageTimes};
 use super::{blocking_writer, input, Artifact, BuildError, Pipeline, Published, PublishedImage};
 use crate::config::RegistrySettings;
 use crate::engine::{EngineError, ImageBuild, RegistryApi, RegistryAuth};
@@ -20,6 +21,16 @@ const MAX_SMALL_FILE: usize = 256 * 1024;
 /// App config that passes every config var to the build as `--build-arg`s.
 pub const BUILD_ARGS_SETTING: &str = "DEIS_DOCKER_BUILD_ARGS_ENABLED";
 
+/// What a Dockerfile build starts from, made before the engine is asked.
+struct BuildContext {
+    /// The context tar, streamed while the engine reads it.
+    archive: crate::pipe::ByteStream,
+    build_args: HashMap<String, String>,
+    process_types: ProcessTypes,
+    /// Holds the submodule checkouts the archive reads from: dropped after the build.
+    _workspace: Workspace,
+}
+
 impl Pipeline {
     pub(super) async fn dockerfile_build(
         &self,
@@ -27,96 +38,41 @@ impl Pipeline {
         config: &BTreeMap<String, String>,
         out: &Output,
         published: &Published,
+        times: &StageTimes,
     ) -> Result<Artifact, BuildError> {
-        let ignore = match push
-            .source
-            .read_file(&push.commit, ".dockerignore", MAX_SMALL_FILE)
-            .await?
-        {
-            Some(text) => SlugIgnore::parse_dockerignore(&String::from_utf8_lossy(&text)),
-            None => SlugIgnore::empty(),
-        };
-        let dockerfile = push
-            .source
-            .read_file(&push.commit, "Dockerfile", MAX_SMALL_FILE)
-            .await?
-            .unwrap_or_default();
-        let missing_bases = self
-            .missing_base_images(&String::from_utf8_lossy(&dockerfile))
-            .await;
-
         let repository = image_repository(self.settings.registry.as_ref(), push.app.as_str());
-        let tag = self.image_tag(push, &repository).await;
+        // The tag checks ask the engine and the registry; the context needs only git.
+        let (context, tag) = tokio::join!(
+            times.time(Stage::Context, self.build_context(push, config, out)),
+            times.time(Stage::Tag, self.image_tag(push, &repository)),
+        );
+        let context = context?;
         let reference = format!("{repository}:{tag}");
-        let mut build_args: HashMap<String, String> = if enabled(config.get(BUILD_ARGS_SETTING)) {
-            config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        } else {
-            HashMap::new()
-        };
-        // Docker's predefined proxy args: usable by RUN without an ARG line, and kept out
-        // of the image's history.
-        for (name, value) in self.settings.egress.proxy_env() {
-            build_args
-                .entry(name.to_owned())
-                .or_insert_with(|| value.to_owned());
-        }
-        // Submodules are part of the context, as in a recursive checkout; the workspace
-        // holding them lives until the build has read the context.
-        let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
-        let fetcher = Fetcher {
-            timeout: self.settings.fetch_timeout,
-            ssh_key: config
-                .get(super::buildpack::SSH_KEY)
-                .map(|value| input::decode_ssh_key(value)),
-        };
-        let submodules =
-            submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
-        // The Dockerfile and .dockerignore always go to the engine, as with `docker build`.
-        let context = blocking_writer(push.source.archive(&push.commit)?, move |source, w| {
-            let keep = |path: &str, is_dir: bool| {
-                matches!(path, "Dockerfile" | ".dockerignore") || !ignore.is_ignored(path, is_dir)
-            };
-            let mut tar = tar::Builder::new(w);
-            input::copy_tree(source, &mut tar, "", &keep)?;
-            for submodule in &submodules {
-                input::append_host_dir(&mut tar, &submodule.dir, &submodule.path, &keep)?;
-            }
-            tar.into_inner().map(drop)
-        });
         let spec = ImageBuild {
             tag: reference.clone(),
-            build_args,
+            build_args: context.build_args,
             network: self.settings.network.clone(),
             app: push.app.to_string(),
             push_id: push.id.clone(),
         };
         out.step(format!("Building Docker image {reference}")).await;
         let timeout = self.settings.timeout;
-        let built = tokio::time::timeout(
-            timeout,
-            relay_redacted(
-                self.engine.build_image(context, &spec),
-                out,
-                Redactor::for_build(config, None, &self.own_secrets()),
-            ),
-        )
-        .await
-        .map_err(|_| BuildError::Timeout(timeout))?;
+        let built = times
+            .time(
+                Stage::Build,
+                tokio::time::timeout(
+                    timeout,
+                    relay_redacted(
+                        self.engine.build_image(context.archive, &spec),
+                        out,
+                        Redactor::for_build(config, None, &self.own_secrets()),
+                    ),
+                ),
+            )
+            .await
+            .map_err(|_| BuildError::Timeout(timeout))?;
         if let Err(error) = built {
-            // A step killed because the engine went away is the engine's fault: say so.
-            if self.engine.ping().await.is_err() {
-                return Err(EngineError::Connect(format!(
-                    "the engine stopped during the build ({error})"
-                ))
-                .into());
-            }
-            return Err(match (&error, missing_bases.as_slice()) {
-                (EngineError::BuildFailed(_), [first, ..]) => BuildError::MissingBaseImage {
-                    image: first.clone(),
-                    detail: error.to_string(),
-                },
-                _ => error.into(),
-            });
+            return Err(self.explain_failed_build(push, error).await);
         }
         // The tag did not exist before this push (see `image_tag`): it goes if the push fails.
         published.image(PublishedImage {
@@ -137,15 +93,19 @@ impl Pipeline {
                     tag.clone(),
                 )),
             });
-            let pushed = match tokio::time::timeout(
-                timeout,
-                relay(
-                    self.engine.push_image(&repository, &tag, auth.as_ref()),
-                    out,
-                    true,
-                ),
-            )
-            .await
+            let pushed = match times
+                .time(
+                    Stage::Push,
+                    tokio::time::timeout(
+                        timeout,
+                        relay(
+                            self.engine.push_image(&repository, &tag, auth.as_ref()),
+                            out,
+                            true,
+                        ),
+                    ),
+                )
+                .await
             {
                 Ok(pushed) => pushed.map_err(BuildError::from),
                 Err(_) => Err(BuildError::Timeout(timeout)),
@@ -154,14 +114,7 @@ impl Pipeline {
             pushed?;
         }
 
-        let process_types = match push
-            .source
-            .read_file(&push.commit, "Procfile", MAX_SMALL_FILE)
-            .await?
-        {
-            Some(text) => slug::parse_procfile(&String::from_utf8_lossy(&text))?,
-            None => ProcessTypes::default(),
-        };
+        let process_types = context.process_types;
         if !process_types.is_empty() {
             out.step("Discovering process types").await;
             out.detail(format!(
@@ -177,24 +130,116 @@ impl Pipeline {
         })
     }
 
+    /// Everything the engine gets besides the Dockerfile's own work: the context (the
+    /// pushed tree minus `.dockerignore`d paths, with submodules) and the build args; the
+    /// Procfile is read now so that a bad one fails the push before the build.
+    async fn build_context(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        out: &Output,
+    ) -> Result<BuildContext, BuildError> {
+        let (dockerignore, procfile) = tokio::try_join!(
+            push.source
+                .read_file(&push.commit, ".dockerignore", MAX_SMALL_FILE),
+            push.source
+                .read_file(&push.commit, "Procfile", MAX_SMALL_FILE),
+        )?;
+        let ignore = match dockerignore {
+            Some(text) => SlugIgnore::parse_dockerignore(&String::from_utf8_lossy(&text)),
+            None => SlugIgnore::empty(),
+        };
+        let process_types = match procfile {
+            Some(text) => slug::parse_procfile(&String::from_utf8_lossy(&text))?,
+            None => ProcessTypes::default(),
+        };
+        let mut build_args: HashMap<String, String> = if enabled(config.get(BUILD_ARGS_SETTING)) {
+            config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            HashMap::new()
+        };
+        // Docker's predefined proxy args: usable by RUN without an ARG line, and kept out
+        // of the image's history.
+        for (name, value) in self.settings.egress.proxy_env() {
+            build_args
+                .entry(name.to_owned())
+                .or_insert_with(|| value.to_owned());
+        }
+        // Submodules are part of the context, as in a recursive checkout.
+        let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
+        let fetcher = Fetcher {
+            timeout: self.settings.fetch_timeout,
+            ssh_key: config
+                .get(super::buildpack::SSH_KEY)
+                .map(|value| input::decode_ssh_key(value)),
+        };
+        let submodules =
+            submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
+        // The Dockerfile and .dockerignore always go to the engine, as with `docker build`.
+        let archive = blocking_writer(push.source.archive(&push.commit)?, move |source, w| {
+            let keep = |path: &str, is_dir: bool| {
+                matches!(path, "Dockerfile" | ".dockerignore") || !ignore.is_ignored(path, is_dir)
+            };
+            let mut tar = tar::Builder::new(w);
+            input::copy_tree(source, &mut tar, "", &keep)?;
+            for submodule in &submodules {
+                input::append_host_dir(&mut tar, &submodule.dir, &submodule.path, &keep)?;
+            }
+            tar.into_inner().map(drop)
+        });
+        Ok(BuildContext {
+            archive,
+            build_args,
+            process_types,
+            _workspace: workspace,
+        })
+    }
+
+    /// Why a Dockerfile build failed, in the terms a developer can act on: the engine went
+    /// away, or a base image is not in the engine (which cannot pull it here).
+    async fn explain_failed_build(&self, push: &Push, error: EngineError) -> BuildError {
+        if self.engine.ping().await.is_err() {
+            return EngineError::Connect(format!("the engine stopped during the build ({error})"))
+                .into();
+        }
+        if let EngineError::BuildFailed(_) = &error {
+            let dockerfile = push
+                .source
+                .read_file(&push.commit, "Dockerfile", MAX_SMALL_FILE)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let missing = self
+                .missing_base_images(&String::from_utf8_lossy(&dockerfile))
+                .await;
+            if let Some(first) = missing.into_iter().next() {
+                return BuildError::MissingBaseImage {
+                    image: first,
+                    detail: error.to_string(),
+                };
+            }
+        }
+        error.into()
+    }
+
     /// `git-<sha8>` for the first image of a commit; `git-<sha8>-<push id>` when that tag
     /// already exists (locally or in the registry, where a release may use it) or cannot be
     /// checked, so a tag is never moved to another image (write-once).
     async fn image_tag(&self, push: &Push, repository: &str) -> String {
         let first = format!("git-{}", push.commit.short());
-        let local = self
-            .engine
-            .image_id(&format!("{repository}:{first}"))
-            .await
-            .is_ok();
-        let in_registry = match &self.settings.registry {
-            None => Ok(false),
-            Some(registry) => self
-                .engine
-                .registry_digest(repository, &first, registry_auth(registry).as_ref())
-                .await
-                .map(|digest| digest.is_some()),
-        };
+        let reference = format!("{repository}:{first}");
+        let (local, in_registry) = tokio::join!(self.engine.image_id(&reference), async {
+            match &self.settings.registry {
+                None => Ok(false),
+                Some(registry) => self
+                    .engine
+                    .registry_digest(repository, &first, registry_auth(registry).as_ref())
+                    .await
+                    .map(|digest| digest.is_some()),
+            }
+        });
+        let local = local.is_ok();
         match (local, in_registry) {
             (false, Ok(false)) => first,
             (_, checked) => {

@@ -2,6 +2,7 @@
 //! repository under a content-derived tag, pushed to the private registry and released.
 
 use super::dockerfile::{image_repository, registry_auth, relay};
+use super::timing::{millis, Stage, StageTimes};
 use super::{BuildError, Pipeline, Published, PublishedImage};
 use crate::controller::BuildHook;
 use crate::engine::{RegistryApi, RegistryAuth};
@@ -33,6 +34,8 @@ impl Pipeline {
         request: &ImportRequest,
         out: &Output,
     ) -> Result<Imported, BuildError> {
+        let started = std::time::Instant::now();
+        let times = StageTimes::default();
         let image = &request.image;
         out.step(format!("Pulling {image}")).await;
         let source_auth = request
@@ -43,12 +46,16 @@ impl Pipeline {
                 username: username.clone(),
                 password: password.expose().to_owned(),
             });
-        relay(
-            self.engine.pull_image(image, source_auth.as_ref()),
-            out,
-            true,
-        )
-        .await?;
+        times
+            .time(
+                Stage::Pull,
+                relay(
+                    self.engine.pull_image(image, source_auth.as_ref()),
+                    out,
+                    true,
+                ),
+            )
+            .await?;
         let pulled = match &image.digest {
             Some(digest) => format!("{}@{digest}", image.repository),
             None => format!("{}:{}", image.repository, image.pull_tag()),
@@ -63,7 +70,14 @@ impl Pipeline {
         // this image; only tags this import creates are removed if it fails.
         let published = Published::new(self.store.clone(), self.engine.clone());
         let imported = self
-            .tag_push_release(request, &published, &pulled, hex, (&repository, &tag), out)
+            .tag_push_release(
+                request,
+                &published,
+                (&pulled, hex),
+                (&repository, &tag),
+                out,
+                &times,
+            )
             .await;
         match &imported {
             Ok(_) => published.keep(),
@@ -73,6 +87,16 @@ impl Pipeline {
             Err(_) => published.roll_back().await,
         }
         let version = imported?;
+        tracing::info!(
+            app = %request.app,
+            version,
+            elapsed_ms = millis(started.elapsed()),
+            pull_ms = times.millis(Stage::Pull),
+            tag_ms = times.millis(Stage::Tag),
+            push_ms = times.millis(Stage::Push),
+            release_ms = times.millis(Stage::Release),
+            "imported"
+        );
         Ok(Imported {
             version,
             image: reference,
@@ -83,28 +107,44 @@ impl Pipeline {
         &self,
         request: &ImportRequest,
         published: &Published,
-        pulled: &str,
-        hex: &str,
+        // The pulled image, and its content id's hex (the release's "sha").
+        (pulled, hex): (&str, &str),
         (repository, tag): (&str, &str),
         out: &Output,
+        times: &StageTimes,
     ) -> Result<u64, BuildError> {
         let reference = format!("{repository}:{tag}");
-        if self.engine.image_id(&reference).await.is_err() {
+        let tag_started = std::time::Instant::now();
+        let registry = self
+            .settings
+            .registry
+            .as_ref()
+            .map(|registry| (registry, registry_auth(registry)));
+        // Both existence checks at once: one round trip's time.
+        let (local, in_registry) = tokio::join!(self.engine.image_id(&reference), async {
+            match &registry {
+                None => None,
+                Some((_, auth)) => Some(
+                    self.engine
+                        .registry_digest(repository, tag, auth.as_ref())
+                        .await
+                        .map(|digest| digest.is_some())
+                        // Unknown: treat as existing, so a rollback never deletes what it
+                        // did not make.
+                        .unwrap_or(true),
+                ),
+            }
+        });
+        if local.is_err() {
             self.engine.tag_image(pulled, repository, tag).await?;
             published.image(PublishedImage {
                 reference: reference.clone(),
                 registry: None,
             });
         }
-        if let Some(registry) = &self.settings.registry {
-            let auth = registry_auth(registry);
-            let existed = self
-                .engine
-                .registry_digest(repository, tag, auth.as_ref())
-                .await
-                .map(|digest| digest.is_some())
-                // Unknown: treat as existing, so a rollback never deletes what it did not make.
-                .unwrap_or(true);
+        times.add(Stage::Tag, tag_started.elapsed());
+        if let Some((registry, auth)) = registry {
+            let existed = in_registry.unwrap_or(true);
             if !existed {
                 published.image(PublishedImage {
                     reference: reference.clone(),
@@ -116,14 +156,19 @@ impl Pipeline {
                 });
             }
             out.step(format!("Pushing {reference}")).await;
-            relay(
-                self.engine.push_image(repository, tag, auth.as_ref()),
-                out,
-                true,
-            )
-            .await?;
+            times
+                .time(
+                    Stage::Push,
+                    relay(
+                        self.engine.push_image(repository, tag, auth.as_ref()),
+                        out,
+                        true,
+                    ),
+                )
+                .await?;
         }
         out.line("Launching App...").await;
+        let release_started = std::time::Instant::now();
         let version = self
             .controller
             .release(&BuildHook {
@@ -134,7 +179,9 @@ impl Pipeline {
                 procfile: &request.process_types.0,
                 dockerfile: true,
             })
-            .await?;
+            .await;
+        times.add(Stage::Release, release_started.elapsed());
+        let version = version?;
         out.line(format!("Done, {}:v{version} deployed", request.app))
             .await;
         Ok(version)

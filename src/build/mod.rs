@@ -247,6 +247,10 @@ impl PushRunner for Pipeline {
                         upload_ms = times.millis(Stage::Upload),
                         cleanup_ms = times.millis(Stage::Cleanup),
                         release_ms = times.millis(Stage::Release),
+                        context_ms = times.millis(Stage::Context),
+                        tag_ms = times.millis(Stage::Tag),
+                        build_ms = times.millis(Stage::Build),
+                        push_ms = times.millis(Stage::Push),
                         "deployed"
                     );
                     metrics::push_finished(PushResult::Success);
@@ -283,35 +287,44 @@ impl Pipeline {
         times: &StageTimes,
     ) -> Result<Artifact, BuildError> {
         let source_started = Instant::now();
-        let keys = self.keys_for(push).await?;
-        let config = self
-            .controller
-            .app_config(&push.user, push.app.as_str())
-            .await?;
+        let (keys, config) = tokio::try_join!(self.keys_for(push), async {
+            Ok(self
+                .controller
+                .app_config(&push.user, push.app.as_str())
+                .await?)
+        })?;
         if let Some(bad) = config.values.keys().find(|k| !input::valid_config_name(k)) {
             return Err(BuildError::ConfigName(crate::names::printable(bad)));
         }
-
-        let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
-        published.put(&keys.source, &mut source_tar).await?;
         times.add(Stage::Source, source_started.elapsed());
 
-        let plan = self.plan(push, &config.values).await?;
-        let build_started = Instant::now();
-        let (kind, built) = match plan {
-            Plan::Buildpack => (
-                BuildKind::Buildpack,
-                self.buildpack_build(push, &config.values, out, published, &keys, times)
-                    .await,
-            ),
-            Plan::Dockerfile => (
-                BuildKind::Dockerfile,
-                self.dockerfile_build(push, &config.values, out, published)
-                    .await,
-            ),
+        // The source tarball goes to storage while the build runs: neither needs the
+        // other, and both must succeed before the release (a failure drops the other,
+        // which cleans up as on cancellation).
+        let store_source = times.time(Stage::Source, async {
+            let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
+            published.put(&keys.source, &mut source_tar).await?;
+            Ok::<(), BuildError>(())
+        });
+        let build = async {
+            let plan = self.plan(push, &config.values).await?;
+            let build_started = Instant::now();
+            let (kind, built) = match plan {
+                Plan::Buildpack => (
+                    BuildKind::Buildpack,
+                    self.buildpack_build(push, &config.values, out, published, &keys, times)
+                        .await,
+                ),
+                Plan::Dockerfile => (
+                    BuildKind::Dockerfile,
+                    self.dockerfile_build(push, &config.values, out, published, times)
+                        .await,
+                ),
+            };
+            metrics::build_finished(kind, build_started.elapsed());
+            built
         };
-        metrics::build_finished(kind, build_started.elapsed());
-        let artifact = built?;
+        let ((), artifact) = tokio::try_join!(store_source, build)?;
         out.line("Build complete.").await;
         Ok(artifact)
     }
@@ -320,14 +333,17 @@ impl Pipeline {
     /// may belong to a live release): then keys of this push alone.
     async fn keys_for(&self, push: &Push) -> Result<Keys, BuildError> {
         let first = Keys::new(&push.app, push.commit.short());
-        for key in [&first.source, &first.slug, &first.procfile] {
-            if self.store.exists(key).await? {
-                tracing::info!(
-                    %key,
-                    "this commit was built before; this push stores its objects under its own keys"
-                );
-                return Ok(Keys::for_push(&push.app, push.commit.short(), &push.id));
-            }
+        // One round trip's time, not three.
+        let existing = futures_util::future::try_join_all(
+            [&first.source, &first.slug, &first.procfile].map(|key| self.store.exists(key)),
+        )
+        .await?;
+        if existing.contains(&true) {
+            tracing::info!(
+                key = %first.source,
+                "this commit was built before; this push stores its objects under its own keys"
+            );
+            return Ok(Keys::for_push(&push.app, push.commit.short(), &push.id));
         }
         Ok(first)
     }

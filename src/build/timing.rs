@@ -4,9 +4,11 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The stages of a buildpack push, in order. Pack and upload overlap (the slug streams into
-/// storage while it is packed): `Pack` ends when the packer wrote its last byte, `Upload`
-/// is what the upload needed beyond that, plus the Procfile.
+/// The stages of a push, in order. `Source` (the source tarball into storage) runs beside
+/// the build. Buildpack builds: prepare … upload; pack and upload overlap (the slug streams
+/// into storage while it is packed): `Pack` ends when the packer wrote its last byte,
+/// `Upload` is what the upload needed beyond that, plus the Procfile. Dockerfile builds:
+/// context, tag, build, push. Imports: pull, tag, push.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stage {
     /// Config from the controller and the source tarball into storage.
@@ -25,9 +27,19 @@ pub(crate) enum Stage {
     Cleanup,
     /// The controller's release call.
     Release,
+    /// Dockerfile builds: `.dockerignore`, Procfile, submodules, build args.
+    Context,
+    /// Choosing the image tag (does `git-<sha8>` exist?) and tagging an import.
+    Tag,
+    /// The engine building the image.
+    Build,
+    /// The image into the registry.
+    Push,
+    /// Imports: the image from its registry.
+    Pull,
 }
 
-const STAGES: usize = 9;
+const STAGES: usize = 14;
 
 /// Durations per stage; a stage measured twice adds up.
 #[derive(Debug, Default)]
