@@ -11,6 +11,7 @@ figure, its ratio to the baseline or target, and a Markdown summary for BENCHMAR
   #4 end-to-end push of a small app, split by stage (from the builder's `deployed` event)
   #5 20 pushes at once to distinct apps: all succeed, builder peak RSS (VmHWM)
   #6 one push of a 1 GB repo (~1 GB slug): builder peak RSS (VmHWM)
+  #7 a Dockerfile push to the registry: the builder's part vs docker build + docker push
 """
 
 import argparse
@@ -581,6 +582,67 @@ def bench_big(ctx: Context, runs: int, s3: bool) -> Figure:
     return fig
 
 
+def bench_dockerfile(ctx: Context, runs: int) -> Figure:
+    """#7. A small Dockerfile app (FROM the stack image, 2 MB copied first and cached, then
+    a file that changes every run, then one RUN), pushed to the registry. Ours: the
+    builder's part of the push (the `deployed` event's elapsed time: everything after the
+    receive, release included). Baseline, interleaved on the same tree: `docker build -t
+    REG/x:vN . && docker push REG/x:vN` with the same engine and registry."""
+    registry, stack = ctx.args.registry, ctx.args.stack_image
+    app = ctx.work / "dockerfile-app"
+    app.mkdir()
+    (app / "Dockerfile").write_text(
+        f"FROM {stack}\nCOPY data.bin /srv/data.bin\nCOPY STAMP /srv/STAMP\n"
+        "RUN cat /srv/STAMP > /srv/built\nCMD [\"cat\", \"/srv/built\"]\n")
+    (app / "data.bin").write_bytes(random.Random(7).randbytes(2 * MIB))
+    (app / "Procfile").write_text("web: cat /srv/built\n")
+    (app / "STAMP").write_text("first\n")
+    commit_all(ctx, app, "first")
+    # The engine's default network for `docker build` here (no bridge) is the host's; the
+    # builder gets the same, as scripts/run.sh sets it up. (`none` costs ~70 ms a RUN step.)
+    builder = Builder(ctx, "dockerfile", s3=False,
+                      extra=("--registry", registry, "--build-network", "host"))
+    ours, baseline, splits, created = [], [], [], []
+    app_name = f"bench-df-{random.randrange(16**6):06x}"
+    try:
+        for run in range(runs + 1):
+            new_commit(ctx, app, f"run {run} {time.time()}")
+            ok, _, output = ctx.push(app, builder.remote(app_name), "master", builder.ssh_port, 300)
+            if not ok or "deployed" not in output:
+                raise RuntimeError(f"Dockerfile push failed:\n{output}\n{builder.log_tail()}")
+            if run and "Using cache" not in output:
+                raise RuntimeError(f"the unchanged layers were not reused:\n{output}")
+            event = builder.deployed_events()[-1]
+            created.append(f"{registry}/{app_name}:git-{ctx.git(app, 'rev-parse', 'HEAD').strip()[:8]}")
+            tag = f"{registry}/bench-df-baseline:v{run}"
+            created.append(tag)
+            started = time.perf_counter()
+            for command in (["docker", "build", "-q", "-t", tag, "."], ["docker", "push", "-q", tag]):
+                done = subprocess.run(command, cwd=app, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+                if done.returncode:
+                    raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}")
+            base_s = time.perf_counter() - started
+            if run == 0:
+                continue  # warm-up: the base layers reach the registry once
+            ours.append(event["elapsed_ms"] / 1000)
+            baseline.append(base_s)
+            splits.append(event)
+            log(f"#7 run {run}: builder {event['elapsed_ms']} ms, docker build + push {base_s * 1000:.0f} ms")
+    finally:
+        builder.stop()
+        for tag in created:
+            subprocess.run(["docker", "rmi", "-f", tag], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fig = Figure("7", "Dockerfile push to the registry: the builder's part", "s", ours, baseline,
+                 "docker build + docker push", target="≤ 1.10× baseline")
+    fig.met = fig.ratio() <= 1.10
+    names = ["source", "context", "tag", "build", "push", "release"]
+    parts = ", ".join(f"{name} {statistics.median(e.get(f'{name}_ms', 0) for e in splits):.0f}"
+                      for name in names)
+    fig.notes.append(f"median stage split, ms: {parts} (source runs beside the build)")
+    return fig
+
+
 def external_results(path: Path) -> list:
     """Figures #2 and #3 from the lines `cargo bench --bench pack|upload` print:
     `bench pack ours_min_s=.. ours_median_s=.. ours_max_s=.. base_min_s=.. ... ratio=..`."""
@@ -640,7 +702,8 @@ def main() -> int:
     parser.add_argument("--exe", required=True, help="the deis-builder binary (release build)")
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller #6 (256 MB)")
     parser.add_argument("--runs", type=int, help="runs per timed figure (default 5, quick 3)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated figure numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated figure numbers")
+    parser.add_argument("--registry", help="registry host:port for #7 (skipped without)")
     parser.add_argument("--s3-endpoint", help="S3 server for #4 (S3), #5 and #6; local storage without")
     parser.add_argument("--s3-python", help="a python with boto3, to delete benchmark buckets")
     parser.add_argument("--stack-image")
@@ -704,6 +767,11 @@ def main() -> int:
                 print_figure(fig)
         if "6" in only:
             fig = attempt("#6", lambda: bench_big(ctx, 1, s3))
+            if fig:
+                figures.append(fig)
+                print_figure(fig)
+        if "7" in only and args.registry:
+            fig = attempt("#7", lambda: bench_dockerfile(ctx, max(runs, 4)))
             if fig:
                 figures.append(fig)
                 print_figure(fig)

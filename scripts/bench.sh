@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks command: runs the six benchmarks of BENCHMARKS.md side by side with their
+# The benchmarks command: runs the seven benchmarks of BENCHMARKS.md side by side with their
 # baselines on this machine, prints min/median/max and ratios, and a Markdown summary for
 # BENCHMARKS.md. Installs and starts what it needs (Docker engine, stack image, moto S3,
 # s3s-fs, OpenSSH server, awscli), all on loopback, reused when already there.
@@ -20,6 +20,7 @@ ensure_packages
 ensure_docker
 ensure_stack_image
 ensure_s3
+ensure_registry
 
 # awscli is the baseline of #3 (in the tools venv beside moto); s3s-fs is the second S3
 # server #3 runs against.
@@ -40,7 +41,7 @@ exe=$CARGO_TARGET_DIR/release/deis-builder
 command_line="scripts/bench.sh${*:+ $*}"
 quick=''
 bench_args=()
-only=1,2,3,4,5,6
+only=1,2,3,4,5,6,7
 while (($#)); do
     case $1 in
         --quick) quick=1 bench_args+=("$1") ;;
@@ -88,6 +89,6 @@ done
 summary=${DEIS_BENCH_SUMMARY:-$CARGO_TARGET_DIR/bench-summary.md}
 python3 "$repo_root/benches/bench.py" --exe "$exe" \
     --s3-endpoint "$DEIS_IT_S3_ENDPOINT" --s3-python "$DEIS_TOOLS_VENV/bin/python" \
-    --stack-image "$DEIS_STACK_IMAGE" --summary "$summary" \
+    --stack-image "$DEIS_STACK_IMAGE" --registry "$DEIS_IT_REGISTRY" --summary "$summary" \
     --command-line "$command_line" "${external[@]}" "${bench_args[@]}"
 log "summary written to $summary"

@@ -375,3 +375,63 @@ fn images_are_imported_by_cli_and_http() {
     .unwrap();
     assert_eq!(status, 401);
 }
+
+/// The engine's layer cache serves later pushes of an app: a push that changes only a late
+/// layer rebuilds only that one, and the `deployed` event splits the time by stage.
+#[test]
+fn a_second_push_reuses_the_unchanged_layers() {
+    require_services!();
+    let (builder, key) = Builder::with_developer();
+    let name = unique("layers");
+    let app = App::from_fixture("static-site");
+    // A step of its own, so no earlier build (of any test run) cached it.
+    let early = format!("RUN echo {} > /early", unique("early-step"));
+    std::fs::write(
+        app.dir.path().join("Dockerfile"),
+        format!("FROM {}\n{early}\nCOPY late.txt /late.txt\n", stack_image()),
+    )
+    .unwrap();
+    let first_sha = app.commit_file("late.txt", "first\n");
+    let first = app.push(&builder, &name, &key);
+    first.assert_ok();
+    assert!(!first.output.contains("Using cache"), "{}", first.output);
+
+    let second_sha = app.commit_file("late.txt", "second\n");
+    let second = app.push(&builder, &name, &key);
+    second
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v2 deployed"));
+    let output = &second.output;
+    let early_step = output.find(&early).expect("the early step is listed");
+    let late_step = output
+        .find("COPY late.txt")
+        .expect("the late step is listed");
+    assert!(
+        output[early_step..late_step].contains("Using cache"),
+        "the unchanged step is reused:\n{output}"
+    );
+    assert!(
+        !output[late_step..].contains("Using cache"),
+        "the changed step is rebuilt:\n{output}"
+    );
+    let log = builder.log();
+    let deployed = log
+        .lines()
+        .filter(|line| line.contains("deployed"))
+        .next_back()
+        .unwrap_or_default();
+    for field in [
+        "context_ms=",
+        "tag_ms=",
+        "build_ms=",
+        "push_ms=",
+        "release_ms=",
+    ] {
+        assert!(deployed.contains(field), "{field} missing: {deployed}");
+    }
+    for sha in [first_sha, second_sha] {
+        let _ = Command::new("docker")
+            .args(["rmi", &format!("{name}:git-{}", &sha[..8])])
+            .output();
+    }
+}

@@ -52,8 +52,6 @@ impl Pipeline {
             tag: reference.clone(),
             build_args: context.build_args,
             network: self.settings.network.clone(),
-            app: push.app.to_string(),
-            push_id: push.id.clone(),
         };
         out.step(format!("Building Docker image {reference}")).await;
         let timeout = self.settings.timeout;
