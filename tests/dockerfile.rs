@@ -417,8 +417,7 @@ fn a_second_push_reuses_the_unchanged_layers() {
     let log = builder.log();
     let deployed = log
         .lines()
-        .filter(|line| line.contains("deployed"))
-        .next_back()
+        .rfind(|line| line.contains("deployed"))
         .unwrap_or_default();
     for field in [
         "context_ms=",
