@@ -9,7 +9,8 @@
 # only, and keep their pid, port and log under DEIS_STATE_DIR.
 #
 # Settings (all optional):
-#   DEIS_STACK_IMAGE        stack image name (default deis-builder/stack:bookworm)
+#   DEIS_STACK_IMAGE        stack build image name (default deis-builder/stack:bookworm)
+#   DEIS_STACK_RUN_IMAGE    stack run image name (default deis-builder/stack-run:bookworm)
 #   DEIS_RUNNER_IMAGE       slug runner image name (default deis-builder/slugrunner:latest)
 #   DEIS_DEBIAN_MIRROR      mirror for debootstrap (default: the one apt uses)
 #   DEIS_STATE_DIR          pids, ports, logs (default ~/.cache/deis-builder/services)
@@ -22,6 +23,7 @@ if [[ -z ${HOME:-} ]]; then
 fi
 
 DEIS_STACK_IMAGE=${DEIS_STACK_IMAGE:-deis-builder/stack:bookworm}
+DEIS_STACK_RUN_IMAGE=${DEIS_STACK_RUN_IMAGE:-deis-builder/stack-run:bookworm}
 DEIS_STATE_DIR=${DEIS_STATE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deis-builder/services}
 # moto lives in its own venv when it is not already on PATH (Debian's python refuses
 # system-wide pip installs, PEP 668).
@@ -172,7 +174,7 @@ PY
 
 ensure_packages() {
     local wanted=(docker.io debootstrap docker-registry apache2-utils busybox-static curl git openssh-client
-        openssh-server ca-certificates debian-archive-keyring)
+        openssh-server ca-certificates debian-archive-keyring openssl)
     command -v python3 >/dev/null || wanted+=(python3)
     # A kernel with AppArmor on makes dockerd load a profile with apparmor_parser.
     if [[ -d /sys/kernel/security/apparmor ]]; then
@@ -378,70 +380,55 @@ remove_rootfs_dir() {
     rm -rf --one-file-system "$dir"
 }
 
+# Hash of the stack recipe (the files of stack/ except documentation): the stack images
+# carry it in the label io.deis.builder.stack.recipe, so a changed recipe rebuilds them.
+stack_recipe() {
+    local stack_dir
+    stack_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../stack" && pwd) || return 1
+    (cd "$stack_dir" && find . -type f ! -name '*.md' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) |
+        sha256sum | cut -c1-16
+}
+
+# stack_images_current RECIPE: both stack images exist and were built from RECIPE.
+stack_images_current() {
+    local image label
+    for image in "$DEIS_STACK_IMAGE" "$DEIS_STACK_RUN_IMAGE"; do
+        label=$(docker image inspect --format \
+            '{{index .Config.Labels "io.deis.builder.stack.recipe"}}' "$image" 2>/dev/null) ||
+            return 1
+        [[ $label == "$1" ]] || return 1
+    done
+}
+
+# The build image ($DEIS_STACK_IMAGE) and the run image ($DEIS_STACK_RUN_IMAGE), built by
+# stack/build.sh (debootstrap, no pulls) when either is missing or was built from another
+# recipe than the current stack/ folder.
 ensure_stack_image() {
-    if docker image inspect "$DEIS_STACK_IMAGE" >/dev/null 2>&1; then
-        log "stack image: $DEIS_STACK_IMAGE present"
+    local recipe
+    recipe=$(stack_recipe) || die "cannot hash the stack recipe (stack/)"
+    export DEIS_STACK_RUN_IMAGE
+    if stack_images_current "$recipe"; then
+        log "stack images: $DEIS_STACK_IMAGE and $DEIS_STACK_RUN_IMAGE up to date (recipe $recipe)"
         return 0
     fi
     acquire_lock stack-image
-    if docker image inspect "$DEIS_STACK_IMAGE" >/dev/null 2>&1; then
+    if stack_images_current "$recipe"; then
         release_lock
-        log "stack image: $DEIS_STACK_IMAGE present"
+        log "stack images: $DEIS_STACK_IMAGE and $DEIS_STACK_RUN_IMAGE up to date (recipe $recipe)"
         return 0
     fi
-    local mirror started=$SECONDS
+    local mirror status=0
     mirror=$(debian_mirror)
-    local workdir
-    workdir=$(mktemp -d "${TMPDIR:-/tmp}/deis-stack.XXXXXX")
-    # Runs in a subshell so its EXIT trap cleans the rootfs however the build ends. It
-    # runs as a background job + wait because `set -e` is ignored inside `( ) || ...`.
-    (
-        trap 'remove_rootfs_dir "$workdir"' EXIT
-        trap 'exit 130' INT TERM
-        set -euo pipefail
-        # A strict caller umask would leave / or /app unreadable for uid 1000.
-        umask 022
-        local rootfs=$workdir/rootfs
-        log "stack image: debootstrap bookworm from $mirror (log $DEIS_STATE_DIR/debootstrap.log)"
-        if ! debootstrap --variant=minbase \
-            --include=python3,python3-pip,ca-certificates,procps \
-            bookworm "$rootfs" "$mirror" >"$DEIS_STATE_DIR/debootstrap.log" 2>&1 </dev/null; then
-            show_log_tail "$DEIS_STATE_DIR/debootstrap.log"
-            [[ -f $rootfs/debootstrap/debootstrap.log ]] && show_log_tail "$rootfs/debootstrap/debootstrap.log"
-            die "debootstrap failed"
-        fi
-        # The unprivileged user buildpacks and slugs run as.
-        grep -q '^slug:' "$rootfs/etc/group" || echo 'slug:x:1000:' >>"$rootfs/etc/group"
-        grep -q '^slug:' "$rootfs/etc/gshadow" || echo 'slug:!::' >>"$rootfs/etc/gshadow"
-        grep -q '^slug:' "$rootfs/etc/passwd" ||
-            echo 'slug:x:1000:1000:slug:/app:/bin/bash' >>"$rootfs/etc/passwd"
-        grep -q '^slug:' "$rootfs/etc/shadow" || echo 'slug:*:19000:0:99999:7:::' >>"$rootfs/etc/shadow"
-        chmod 755 "$rootfs"
-        mkdir -p "$rootfs/app"
-        chown 1000:1000 "$rootfs/app"
-        # Nothing of the build host belongs in the image; Docker provides these at run time.
-        echo stack >"$rootfs/etc/hostname"
-        : >"$rootfs/etc/resolv.conf"
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
-            "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/apt/* "$rootfs"/tmp/* \
-            "$rootfs"/root/.cache
-        log "stack image: importing as $DEIS_STACK_IMAGE"
-        tar --numeric-owner -C "$rootfs" -c -f - . |
-            docker import \
-                --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-                --change 'ENV LANG=C.UTF-8' \
-                - "$DEIS_STACK_IMAGE" >/dev/null
-    ) &
-    local status=0
-    wait "$!" || status=$?
+    DEIS_STACK_RECIPE=$recipe DEIS_DEBIAN_MIRROR=$mirror \
+        bash "$(dirname "${BASH_SOURCE[0]}")/../stack/build.sh" </dev/null || status=$?
     release_lock
     ((status == 0)) || die "stack image build failed"
-    log "stack image: built $DEIS_STACK_IMAGE in $((SECONDS - started))s"
 }
 
 # ---------------------------------------------------------------------- runner image
 
-# The slug runner image: the stack image plus the slugrunner binary (slugrunner/Dockerfile).
+# The slug runner image: the stack's run image plus the slugrunner binary
+# (slugrunner/Dockerfile).
 DEIS_RUNNER_IMAGE=${DEIS_RUNNER_IMAGE:-deis-builder/slugrunner:latest}
 
 # Builds slugrunner statically linked (glibc with crt-static) so it runs in any stack
@@ -469,17 +456,17 @@ build_runner_binary() {
     echo "$binary"
 }
 
-# Builds $DEIS_RUNNER_IMAGE FROM $DEIS_STACK_IMAGE with the legacy builder (which never
+# Builds $DEIS_RUNNER_IMAGE FROM $DEIS_STACK_RUN_IMAGE with the legacy builder (which never
 # pulls an image that is present locally). Idempotent: labels record the binary's sha256
-# and the stack image id, and the image is rebuilt only when either changed.
+# and the run image id, and the image is rebuilt only when either changed.
 ensure_runner_image() {
     local repo_root binary started=$SECONDS
     repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     binary=$(build_runner_binary) || die "building the slugrunner binary failed"
     local binary_sha stack_id wanted current
     binary_sha=$(sha256sum "$binary" | cut -d' ' -f1)
-    stack_id=$(docker image inspect --format '{{.Id}}' "$DEIS_STACK_IMAGE") ||
-        die "stack image $DEIS_STACK_IMAGE missing (run ensure_stack_image first)"
+    stack_id=$(docker image inspect --format '{{.Id}}' "$DEIS_STACK_RUN_IMAGE") ||
+        die "stack run image $DEIS_STACK_RUN_IMAGE missing (run ensure_stack_image first)"
     wanted="$binary_sha $stack_id"
     acquire_lock runner-image
     current=$(docker image inspect --format \
@@ -491,14 +478,16 @@ ensure_runner_image() {
         export DEIS_RUNNER_IMAGE
         return 0
     fi
-    local context previous_id
+    local context previous_id previous_base
     previous_id=$(docker image inspect --format '{{.Id}}' "$DEIS_RUNNER_IMAGE" 2>/dev/null || true)
+    previous_base=$(docker image inspect --format \
+        '{{index .Config.Labels "io.deis.builder.stack.id"}}' "$DEIS_RUNNER_IMAGE" 2>/dev/null || true)
     context=$(mktemp -d "${TMPDIR:-/tmp}/deis-runner.XXXXXX")
     cp "$repo_root/slugrunner/Dockerfile" "$binary" "$context/"
     local status=0 build_started=$SECONDS output
     # The legacy builder's deprecation notice is noise; its output is shown on failure.
     output=$(DOCKER_BUILDKIT=0 docker build --quiet --pull=false \
-        --build-arg "STACK_IMAGE=$DEIS_STACK_IMAGE" \
+        --build-arg "RUN_IMAGE=$DEIS_STACK_RUN_IMAGE" \
         --label "io.deis.builder.slugrunner.sha256=$binary_sha" \
         --label "io.deis.builder.stack.id=$stack_id" \
         --tag "$DEIS_RUNNER_IMAGE" "$context" 2>&1) || status=$?
@@ -508,9 +497,14 @@ ensure_runner_image() {
         printf '%s\n' "$output" >&2
         die "docker build of $DEIS_RUNNER_IMAGE failed ($status)"
     fi
-    # The replaced image would linger untagged; one still used by a container stays.
+    # The replaced image would linger untagged; one still used by a container stays. So
+    # would the stack image it was built from once a rebuilt stack took its tag.
     if [[ -n $previous_id ]]; then
         docker image rm "$previous_id" >/dev/null 2>&1 || true
+    fi
+    if [[ -n $previous_base && $previous_base != "$stack_id" ]] &&
+        [[ $(docker image inspect --format '{{len .RepoTags}}' "$previous_base" 2>/dev/null) == 0 ]]; then
+        docker image rm "$previous_base" >/dev/null 2>&1 || true
     fi
     log "runner image: built $DEIS_RUNNER_IMAGE in $((SECONDS - build_started))s" \
         "(binary $(stat -c %s "$binary") bytes; $((SECONDS - started))s with cargo)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the slug runner image (default deis-builder/slugrunner:latest, DEIS_RUNNER_IMAGE)
-# from the local stack image, without pulling anything. Idempotent: the image is rebuilt
-# only when the runner binary or the stack image changed.
+# from the stack's local run image, without pulling anything. Idempotent: the image is
+# rebuilt only when the runner binary or the run image changed.
 set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
