@@ -52,6 +52,7 @@ impl Pipeline {
             tag: reference.clone(),
             build_args: context.build_args,
             network: self.settings.network.clone(),
+            push_id: push.id.clone(),
         };
         out.step(format!("Building Docker image {reference}")).await;
         let timeout = self.settings.timeout;
@@ -167,6 +168,7 @@ impl Pipeline {
         let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
         let fetcher = Fetcher {
             timeout: self.settings.fetch_timeout,
+            max_unpacked_bytes: self.settings.buildpack_max_bytes,
             ssh_key: config
                 .get(super::buildpack::SSH_KEY)
                 .map(|value| input::decode_ssh_key(value)),

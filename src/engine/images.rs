@@ -9,7 +9,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
-use super::{api, Engine, EngineError};
+use super::{api, Engine, EngineError, LABEL_PUSH};
 use crate::names::ImageRef;
 use crate::pipe::ByteStream;
 
@@ -48,6 +48,7 @@ pub struct ImageBuild {
     pub tag: String,
     pub build_args: HashMap<String, String>,
     pub network: String,
+    pub push_id: String,
 }
 
 /// Progress states that repeat for every chunk; shown once per layer instead.
@@ -82,13 +83,16 @@ impl Engine {
     /// Builds `context` (a tar with the Dockerfile at its root); yields the build's output
     /// as it is produced. Intermediate containers are removed even when a step fails.
     ///
-    /// No labels: the engine's (classic) builder turns each one into a step of its own,
-    /// about 55 ms a label on every push, and the tag already names the app and commit.
+    /// One label, the push id: it makes every push's image unique, so the registry tag of
+    /// a failed push can always be deleted without taking along a manifest another tag
+    /// names (two commits with the same context would otherwise build the same image).
+    /// Only one: the engine's classic builder makes each label a step of its own, ~55 ms.
     pub fn build_image(
         &self,
         context: ByteStream,
         spec: &ImageBuild,
     ) -> impl Stream<Item = Result<String, EngineError>> + Send + 'static {
+        let labels = HashMap::from([(LABEL_PUSH.to_owned(), spec.push_id.clone())]);
         let options = BuildImageOptionsBuilder::new()
             .dockerfile("Dockerfile")
             .t(&spec.tag)
@@ -96,6 +100,7 @@ impl Engine {
             .forcerm(true)
             .networkmode(&spec.network)
             .buildargs(&spec.build_args)
+            .labels(&labels)
             .build();
         let docker = self.docker.clone();
         // bollard's build stream borrows the client, so a task owns both and forwards;
