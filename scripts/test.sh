@@ -8,6 +8,7 @@
 #   scripts/test.sh push -- --nocapture
 #
 # Arguments before a `--` go to `cargo test`, arguments after it to the test binaries.
+# The integration tests (#[ignore]d for plain `cargo test`) run with `--include-ignored`.
 # DEIS_TEST_THREADS (default 2) sets --test-threads.
 set -euo pipefail
 
@@ -67,8 +68,15 @@ section "cargo test"
 # Everything (bench targets included, as a smoke run) unless arguments pick targets.
 full_run=$((${#cargo_args[@]} == 0))
 ((full_run)) && cargo_args=(--workspace --all-targets)
+# Integration tests are #[ignore]d so a plain `cargo test` does not count them as passed;
+# here the services are up, so they run too (libtest refuses it next to `--ignored`).
+# Bench targets ignore test-harness flags.
+include_ignored=(--include-ignored)
+for arg in "${test_binary_args[@]}"; do
+    [[ $arg == --ignored ]] && include_ignored=()
+done
 cargo test "${cargo_args[@]}" -- \
-    --test-threads="${DEIS_TEST_THREADS:-2}" "${test_binary_args[@]}"
+    "${include_ignored[@]}" --test-threads="${DEIS_TEST_THREADS:-2}" "${test_binary_args[@]}"
 
 # Parsers of untrusted input (slug unpacking, SSH commands, names and refs, Procfiles,
 # .slugignore, controller replies) get a short libFuzzer run each: DEIS_FUZZ_SECONDS

@@ -225,6 +225,11 @@ pub struct ServeArgs {
     )]
     pub buildpack_fetch_timeout: String,
 
+    /// Largest a BUILDPACK_URL or .buildpacks tarball may unpack to; a bigger one rejects
+    /// the push, e.g. `1g`.
+    #[arg(long, env = "DEIS_BUILDER_BUILDPACK_MAX_SIZE", default_value = "1g")]
+    pub buildpack_max_size: String,
+
     /// Private registry (HOST:PORT) that Dockerfile builds and imports are pushed to; without
     /// one, images stay in the local engine [default: from $DEIS_REGISTRY_SERVICE_HOST and
     /// $DEIS_REGISTRY_SERVICE_PORT when set]

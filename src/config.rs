@@ -116,6 +116,8 @@ pub struct BuildSettings {
     pub slug_max_bytes: u64,
     /// Per-buildpack limit for fetching BUILDPACK_URL / `.buildpacks` entries.
     pub fetch_timeout: Duration,
+    /// Most a fetched buildpack tarball may unpack to (sum of its file sizes).
+    pub buildpack_max_bytes: u64,
     /// Where pushes keep private workspaces (fetched buildpacks, the cache archive):
     /// `DATA_DIR/tmp`, emptied by the start-up sweep after a crash.
     pub work_dir: PathBuf,
@@ -329,6 +331,7 @@ impl Settings {
                 "--buildpack-fetch-timeout",
                 &args.buildpack_fetch_timeout,
             )?,
+            buildpack_max_bytes: parse_slug_size("--buildpack-max-size", &args.buildpack_max_size)?,
             work_dir: data_dir.join("tmp"),
             stack_name: args
                 .stack_name
@@ -858,6 +861,7 @@ mod tests {
         assert_eq!(s.build.memory_bytes, 2 << 30);
         assert_eq!(s.build.slug_warn_bytes, 300 << 20);
         assert_eq!(s.build.slug_max_bytes, 500 << 20);
+        assert_eq!(s.build.buildpack_max_bytes, 1 << 30);
         assert_eq!(s.limits.max_builds, 8);
         assert_eq!(s.limits.max_connections, 256);
         assert_eq!(s.limits.login_timeout, Duration::from_secs(30));
@@ -962,6 +966,7 @@ mod tests {
                 &["--buildpack-fetch-timeout", "0"][..],
                 "--buildpack-fetch-timeout",
             ),
+            (&["--buildpack-max-size", "0"][..], "--buildpack-max-size"),
         ] {
             let err = settings(args, &[]).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");

@@ -111,6 +111,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let imports = crate::http::Imports {
         draining: stop_accepting.clone(),
+        abort: abort.clone(),
+        tasks: tracker.clone(),
         pipeline: pipeline.clone(),
         locks: git.locks().clone(),
         builds: builds.clone(),
@@ -161,8 +163,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = hooks.await;
     sweep_on_exit(&final_engine).await;
     close_http.cancel();
-    // Graceful: an answer being written is finished, but an import still running
-    // must not hold the exit.
+    // Graceful: an answer being written is finished (imports ran in the tracker, so
+    // they are over), but a hung connection must not hold the exit.
     let _ = tokio::time::timeout(CLEANUP_GRACE, http).await;
     Ok(())
 }
@@ -303,7 +305,10 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
             let _ = stdout.write_all(&chunk).and_then(|()| stdout.flush());
         }
     });
-    let result = pipeline.import(&request, &out).await;
+    // Nothing cancels a one-off import but its --build-timeout.
+    let result = pipeline
+        .import(&request, &out, &CancellationToken::new())
+        .await;
     drop(out);
     let _ = printer.await;
     Ok(result?.version)

@@ -138,6 +138,7 @@ fn probe(builder: &Builder, key: &Key, url: &str) -> String {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn the_operator_ca_is_what_makes_tls_to_a_private_ca_work() {
     require_services!();
     let server = TlsServer::start("hello over tls");
@@ -177,6 +178,7 @@ fn the_operator_ca_is_what_makes_tls_to_a_private_ca_work() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn sealed_builds_have_no_network_and_say_so() {
     require_services!();
     let server = TlsServer::start("unreachable");
@@ -192,6 +194,7 @@ fn sealed_builds_have_no_network_and_say_so() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn proxies_reach_builds_without_their_password() {
     require_services!();
     let password = "pr0xy-s3cret-value";
@@ -266,6 +269,7 @@ impl Drop for LabelledStack {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn stack_comes_from_the_build_image() {
     require_services!();
     let app = App::from_fixture("probe-env");
@@ -308,6 +312,7 @@ fn stack_label(image: &str) -> Option<String> {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_missing_build_network_stops_start_up_with_advice() {
     require_services!();
     let data_dir = tempfile::tempdir().unwrap();

@@ -38,6 +38,7 @@ fn purge_cache(builder: &Builder, app: &str, storage_args: &[String]) -> std::pr
 
 /// Acceptance 1: fill, reuse, corruption, purge and DEIS_DISABLE_CACHE.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn build_cache_is_reused_discarded_when_corrupt_purged_and_disabled() {
     require_services!();
     let server = StaticServer::start();
@@ -157,6 +158,7 @@ fn build_cache_is_reused_discarded_when_corrupt_purged_and_disabled() {
 
 /// The purge command works against S3 too.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn purge_cache_deletes_the_cache_from_s3() {
     require_services!();
     let server = StaticServer::start();
@@ -217,6 +219,7 @@ fn purge_cache_deletes_the_cache_from_s3() {
 
 /// Acceptance 2: BUILDPACK_URL with a branch, a tag, a commit and a tarball; bad URL and ref.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn buildpack_url_selects_branches_tags_commits_and_tarballs() {
     require_services!();
     let server = StaticServer::start();
@@ -278,8 +281,89 @@ fn buildpack_url_selects_branches_tags_commits_and_tarballs() {
     assert_eq!(builder.releases(&name).len(), cases.len());
 }
 
+/// Bytes of the regular files under `dir` (links not followed).
+fn tree_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A small gzip that unpacks past `--buildpack-max-size` is stopped while it unpacks: the
+/// push is rejected naming the URL and the limit, and none of it stays in the data dir.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn an_oversized_buildpack_tarball_is_refused_without_filling_the_disk() {
+    require_services!();
+    const LIMIT_MIB: u64 = 8;
+    // 32 MiB of zeros in 1 MiB files: a tarball of a few dozen KiB.
+    let staging = tempfile::tempdir().unwrap();
+    let root = staging.path().join("zeros-1.0");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/compile"), "#!/bin/sh\n").unwrap();
+    for i in 0..32 {
+        std::fs::write(root.join(format!("zeros-{i:02}")), vec![0u8; 1 << 20]).unwrap();
+    }
+    let server = StaticServer::start();
+    let tarball = server.root.path().join("zeros.tgz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(staging.path())
+        .arg("zeros-1.0")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let compressed = std::fs::metadata(&tarball).unwrap().len();
+    assert!(compressed < 1 << 20, "the tarball is {compressed} bytes");
+
+    let (builder, key) = Builder::with_developer_and(BuilderOptions {
+        extra_args: vec!["--buildpack-max-size".into(), format!("{LIMIT_MIB}m")],
+        ..Default::default()
+    });
+    let app = App::from_fixture("multi");
+    let name = unique("bigbp");
+    let url = server.url("zeros.tgz");
+    set_app_config(&builder, &name, &[("BUILDPACK_URL", &url)]);
+    let before = tree_bytes(builder.data_dir.path());
+    app.push(&builder, &name, &key)
+        .assert_rejected()
+        .assert_says("remote: -----> Fetching custom buildpack")
+        .assert_says(&format!(
+            " !     Build failed: buildpack {url} was refused: it unpacks to more than \
+             {LIMIT_MIB}.0M, the limit (--buildpack-max-size)"
+        ));
+    assert!(builder.releases(&name).is_empty());
+
+    // The push's workspace (download, partial unpack) is gone, and the data dir did not
+    // grow by more than the push's log lines and git's bookkeeping.
+    let work = builder.data_dir.path().join("tmp");
+    let empty = || match std::fs::read_dir(&work) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(_) => true,
+    };
+    assert!(
+        eventually(Duration::from_secs(10), empty),
+        "a push workspace stayed in DATA_DIR/tmp"
+    );
+    let after = tree_bytes(builder.data_dir.path());
+    assert!(
+        after < before + (1 << 20),
+        "the data dir grew from {before} to {after} bytes"
+    );
+}
+
 /// Acceptance 3: three buildpacks from `.buildpacks`, run in order.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn buildpacks_file_runs_each_buildpack_in_order() {
     require_services!();
     let server = StaticServer::start();
@@ -327,6 +411,7 @@ fn buildpacks_file_runs_each_buildpack_in_order() {
 
 /// Acceptance 4: hooks in order, ENV_DIR, the compile environment, SSH_KEY never shown.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn hooks_env_dir_and_ssh_key_redaction() {
     require_services!();
     let server = StaticServer::start();
@@ -386,6 +471,7 @@ fn hooks_env_dir_and_ssh_key_redaction() {
 
 /// Acceptance 5: compile timeout and slug size limits.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn compile_timeout_and_slug_size_limits() {
     require_services!();
     let (builder, key) = Builder::with_developer_and(BuilderOptions {
@@ -457,6 +543,7 @@ fn compile_timeout_and_slug_size_limits() {
 /// SSH_KEY also serves the host-side fetch of a private buildpack over ssh: here the
 /// buildpack lives in the builder's own git server, readable only with an authorised key.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn private_buildpack_is_fetched_over_ssh_with_ssh_key() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -518,6 +605,7 @@ fn slug_file(slug: &std::path::Path, path: &str) -> String {
 /// Git submodules are fetched at the commit the push pins them to and land in the slug;
 /// one that cannot be fetched rejects the push naming it.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn submodules_are_part_of_the_build() {
     require_services!();
     let server = StaticServer::start();

@@ -3,9 +3,11 @@
 mod util;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use util::controller_double::{ControllerDouble, DoubleUser};
+use util::proxy::{Fault, FaultProxy};
 use util::registry::Registry;
 use util::*;
 
@@ -54,6 +56,7 @@ fn any_container_with_command(text: &str) -> bool {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn dockerfile_app_is_built_pushed_and_released() {
     require_services!();
     let registry = Registry::start(Some((USER, PASSWORD)));
@@ -122,6 +125,7 @@ fn dockerfile_app_is_built_pushed_and_released() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_failing_build_step_rejects_the_push() {
     require_services!();
     let registry = Registry::start(Some((USER, PASSWORD)));
@@ -154,6 +158,7 @@ fn a_failing_build_step_rejects_the_push() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_missing_base_image_is_named() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -170,6 +175,7 @@ fn a_missing_base_image_is_named() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_wrong_registry_password_rejects_the_push() {
     require_services!();
     let registry = Registry::start(Some((USER, PASSWORD)));
@@ -193,6 +199,7 @@ fn a_wrong_registry_password_rejects_the_push() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn build_args_reach_the_build_only_when_enabled() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -260,6 +267,7 @@ fn upstream_image(upstream: &Registry, message: &str) -> String {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn images_are_imported_by_cli_and_http() {
     require_services!();
     let ours = Registry::start(Some((USER, PASSWORD)));
@@ -376,9 +384,137 @@ fn images_are_imported_by_cli_and_http() {
     assert_eq!(status, 401);
 }
 
+/// An image in `upstream` with a layer of `mib` MiB of random bytes (gzip cannot shrink
+/// it), so pushing it anywhere takes a while through a throttled link.
+fn bulky_upstream_image(upstream: &Registry, mib: usize) -> String {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
+    let mut random = vec![0u8; mib << 20];
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut urandom, &mut random).unwrap();
+    std::fs::write(root.path().join("random.bin"), random).unwrap();
+    let reference = format!("{}/upstream/bulky:1.0", upstream.host());
+    let import = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -c . | docker import - {reference}",
+            root.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let client = tempfile::tempdir().unwrap();
+    let push = upstream.docker(client.path(), &["push", &reference]);
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let _ = Command::new("docker").args(["rmi", &reference]).output();
+    reference
+}
+
+/// SIGTERM while an import pushes: the import gets the grace period, then its push is
+/// stopped, its tags are rolled back and it answers 503 saying so; the builder exits in
+/// time (the push to our registry crawls through a throttling proxy).
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn an_import_running_at_sigterm_is_cancelled_within_the_grace_period() {
+    require_services!();
+    const GRACE_SECS: u64 = 2;
+    let ours = Registry::start(None);
+    let slow = FaultProxy::start(ours.host().parse().unwrap());
+    let slow_host = format!("127.0.0.1:{}", slow.port);
+    let upstream = Registry::start(None);
+    let source = bulky_upstream_image(&upstream, 8);
+    let mut builder = Builder::start(BuilderOptions {
+        extra_args: vec![
+            "--registry".into(),
+            slow_host.clone(),
+            "--builder-key".into(),
+            "import-key".into(),
+            "--shutdown-grace".into(),
+            format!("{GRACE_SECS}s"),
+        ],
+        ..Default::default()
+    });
+    let name = unique("termimport");
+    // 64 KiB/s: the 8 MiB layer would take two minutes.
+    slow.set(Fault::Throttle(64 << 10));
+
+    let port = builder.http_port;
+    let body = json!({"app": name, "image": source, "user": "ops"}).to_string();
+    let import = std::thread::spawn(move || {
+        http_request(
+            port,
+            "POST",
+            "/v2/hooks/import/",
+            "Content-Type: application/json\r\nX-Deis-Builder-Auth: import-key\r\n",
+            &body,
+        )
+    });
+    // Well past the registry checks: the engine is uploading the layer.
+    let pushing = || slow.upstream_bytes() > 256 << 10;
+    assert!(
+        eventually(Duration::from_secs(120), pushing),
+        "the import never started pushing:\n{}",
+        builder.log()
+    );
+    let terminated = Instant::now();
+    builder.terminate();
+
+    let (status, reply) = import
+        .join()
+        .unwrap()
+        .expect("the import answers before the builder exits");
+    assert_eq!(status, 503, "{reply}");
+    assert!(
+        reply.contains(
+            "the builder is restarting: this import was not deployed; try again in a minute"
+        ),
+        "{reply}"
+    );
+    let exit = builder.stop().expect("builder exit status");
+    let took = terminated.elapsed();
+    assert!(exit.success(), "builder exited with {exit}");
+    assert!(
+        took < Duration::from_secs(GRACE_SECS + 15),
+        "the builder took {took:?} to exit"
+    );
+    assert!(
+        took >= Duration::from_secs(GRACE_SECS),
+        "the import was cancelled before the grace period was over ({took:?})"
+    );
+
+    // Nothing of the import stays: no tag in the registry, none in the engine, no release.
+    assert_eq!(ours.tags(&name), Vec::<String>::new());
+    let local = Command::new("docker")
+        .args(["images", "-q", &format!("{slow_host}/{name}")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&local.stdout).trim(), "");
+    assert!(builder.releases(&name).is_empty());
+    // Nor later: the engine dropped the push with its caller. Unthrottled, a push still
+    // under way would land its tag within a second or two.
+    slow.set(Fault::None);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        ours.tags(&name),
+        Vec::<String>::new(),
+        "the engine finished the push after the import was cancelled"
+    );
+    let _ = Command::new("docker").args(["rmi", &source]).output();
+}
+
 /// The engine's layer cache serves later pushes of an app: a push that changes only a late
 /// layer rebuilds only that one, and the `deployed` event splits the time by stage.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_second_push_reuses_the_unchanged_layers() {
     require_services!();
     let (builder, key) = Builder::with_developer();

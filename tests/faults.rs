@@ -154,6 +154,7 @@ fn healthz(builder: &Builder) -> u16 {
 
 /// S3 refuses every connection: the push is refused naming the endpoint, and nothing stays.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn s3_unreachable_rejects_the_push() {
     require_services!();
     let bucket = unique("s3down");
@@ -186,6 +187,7 @@ fn s3_unreachable_rejects_the_push() {
 /// S3 cuts every connection that carries more than 4 MiB: small requests pass, the slug's
 /// 8 MiB parts never do. The multipart upload is aborted and nothing is published.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn s3_failing_mid_upload_aborts_the_multipart_upload() {
     require_services!();
     let bucket = unique("s3cut");
@@ -237,6 +239,7 @@ impl Drop for Mounted {
 /// The data dir is a 48 MiB tmpfs and the slug is 64 MiB: the upload fails with ENOSPC,
 /// the temp file goes, the builder stays healthy and a small push works at once.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn disk_full_in_the_data_dir() {
     require_services!();
     let dir = tempfile::tempdir().unwrap();
@@ -282,6 +285,7 @@ fn disk_full_in_the_data_dir() {
 /// read is retried once, the release POST never; an unanswered release keeps its complete
 /// objects (the controller may have cut it) and the next push uses keys of its own.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn controller_down_mid_push() {
     require_services!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -348,6 +352,7 @@ fn controller_down_mid_push() {
 /// rejected naming the limit, the POST is not repeated, and when the controller cuts the
 /// release after all, its objects are there, complete and never overwritten.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn controller_slow_release_times_out() {
     require_services!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -396,6 +401,7 @@ fn controller_slow_release_times_out() {
 /// A controller answering 5xx to the release: rejected with the SDK's words, the POST is not
 /// repeated, and the push's objects are deleted (a 5xx is an answer: nothing was released).
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn controller_5xx_on_release() {
     require_services!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -468,6 +474,7 @@ fn kill_client_during_pack_upload(prefix: &str) -> KilledUpload {
 /// The client vanishes while its pack is still being sent: no ref, no object, no release,
 /// no container, and the next push works.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn client_gone_during_pack_upload() {
     require_services!();
     let KilledUpload {
@@ -491,6 +498,7 @@ fn client_gone_during_pack_upload() {
 
 /// Git's quarantine of the dead push (the partial pack) must go too.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn client_gone_during_pack_upload_leaves_no_quarantine() {
     require_services!();
     let killed = kill_client_during_pack_upload("quarantine");
@@ -522,6 +530,7 @@ fn client_gone_during_pack_upload_leaves_no_quarantine() {
 /// the release completes and keeps its objects; nothing is half-done, and the next push of
 /// the same commit gets keys of its own.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn client_gone_during_the_release() {
     require_services!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -672,6 +681,7 @@ impl Drop for PrivateEngine {
 /// nothing is stored, the build container is removed once the engine answers again, and
 /// the next push works.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn docker_engine_stopped_during_a_build() {
     require_services!();
     let engine = PrivateEngine::start();
@@ -721,6 +731,7 @@ fn docker_engine_stopped_during_a_build() {
 /// keys of its own; what the live release points to is never rewritten, not even by a
 /// re-push that fails half-way.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn repushing_a_deployed_commit_never_overwrites_its_objects() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -801,6 +812,7 @@ fn local_image_exists(reference: &str) -> bool {
 /// A Dockerfile build whose release is refused leaves neither a registry tag nor a local
 /// tag; a re-push of a released commit gets a tag of its own and never moves `git-<sha8>`.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn dockerfile_release_failure_rolls_back_tags_and_tags_are_write_once() {
     require_services!();
     let registry = Registry::start(Some(("builder", "s3cret-registry")));
@@ -914,6 +926,7 @@ fn upstream_image(upstream: &Registry) -> String {
 /// An import whose release is refused leaves no tag, in the registry or locally; the next
 /// import of the same image is released under the same tag.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn import_release_failure_rolls_back_its_tags() {
     require_services!();
     let ours = Registry::start(None);
@@ -966,6 +979,7 @@ fn import_release_failure_rolls_back_its_tags() {
 /// The engine stops under a running Dockerfile build: rejected, no tag, no release, nothing
 /// left in the engine once it is back, and the next push works.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn docker_engine_stopped_during_a_dockerfile_build() {
     require_services!();
     let engine = PrivateEngine::start();

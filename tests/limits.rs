@@ -68,6 +68,7 @@ fn files_below(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn builds_over_the_limit_wait_in_line_and_are_told_their_place() {
     require_services!();
     let (builder, key) = builder_with(&["--max-builds", "1"]);
@@ -114,6 +115,7 @@ fn builds_over_the_limit_wait_in_line_and_are_told_their_place() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn connections_over_the_limit_are_refused_until_one_ends() {
     require_services!();
     let (builder, key) = builder_with(&["--max-connections", "2"]);
@@ -149,6 +151,7 @@ fn connections_over_the_limit_are_refused_until_one_ends() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn unauthenticated_connections_are_dropped_after_the_login_timeout() {
     require_services!();
     let (builder, key) = builder_with(&["--login-timeout", "2s"]);
@@ -179,6 +182,7 @@ fn unauthenticated_connections_are_dropped_after_the_login_timeout() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn too_many_auth_attempts_close_the_connection() {
     require_services!();
     let (builder, key) = builder_with(&["--max-auth-attempts", "3"]);
@@ -224,6 +228,7 @@ fn too_many_auth_attempts_close_the_connection() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_push_over_the_size_limit_is_refused_and_nothing_is_stored() {
     require_services!();
     let (builder, key) = builder_with(&["--max-push-size", "256k"]);
@@ -273,6 +278,7 @@ fn a_push_over_the_size_limit_is_refused_and_nothing_is_stored() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_second_push_waits_for_the_running_one_then_lands() {
     require_services!();
     let (builder, key) = builder_with(&["--lock-wait", "2m"]);
@@ -298,6 +304,7 @@ fn a_second_push_waits_for_the_running_one_then_lands() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_second_push_gives_up_after_the_lock_wait() {
     require_services!();
     let (builder, key) = builder_with(&["--lock-wait", "2s"]);
@@ -322,6 +329,7 @@ fn a_second_push_gives_up_after_the_lock_wait() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_silent_build_outlives_a_short_idle_timeout() {
     require_services!();
     let (builder, key) = builder_with(&["--idle-timeout", "3s"]);
@@ -338,6 +346,7 @@ fn a_silent_build_outlives_a_short_idle_timeout() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn sigterm_cancels_builds_after_the_grace_period_with_a_message() {
     require_services!();
     let (mut builder, key) = builder_with(&["--shutdown-grace", "3s", "--max-builds", "1"]);

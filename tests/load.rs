@@ -50,6 +50,7 @@ fn dropped_by(stream: &mut TcpStream, deadline: Instant) -> bool {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn fifty_clients_and_a_hundred_idle_connections() {
     require_services!();
     let started = Instant::now();

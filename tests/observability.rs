@@ -66,6 +66,7 @@ fn random_bytes(n: usize) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn metrics_count_pushes_builds_bytes_and_auth_failures() {
     require_services!();
     // One build slot, so a second build has to queue.
@@ -267,6 +268,7 @@ fn health(builder: &Builder, path: &str) -> (u16, Value) {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn health_names_the_storage_when_s3_is_unreachable() {
     require_services!();
     let s3 = s3_endpoint();
@@ -312,6 +314,7 @@ fn health_names_the_storage_when_s3_is_unreachable() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn readiness_names_the_controller_when_it_is_down() {
     require_services!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -340,6 +343,7 @@ fn readiness_names_the_controller_when_it_is_down() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn json_logs_carry_the_connection_and_push_spans() {
     require_services!();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -499,6 +503,7 @@ fn entries_starting(dir: &std::path::Path, prefix: &str) -> Vec<String> {
 /// builder alone: here its git and hook processes die with it, as when a whole container or
 /// machine goes down, so git cannot clean its quarantine either.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_killed_builder_and_its_push_processes_leave_nothing_after_restart() {
     require_services!();
     let (mut builder, key) = Builder::with_developer();

@@ -10,6 +10,7 @@ use util::controller_double::{ControllerDouble, DoubleUser};
 use util::*;
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn buildpack_app_is_built_stored_in_s3_and_released() {
     require_services!();
     let bucket = unique("bkt");
@@ -117,6 +118,7 @@ fn buildpack_app_is_built_stored_in_s3_and_released() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn build_output_arrives_while_the_build_runs() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -150,6 +152,7 @@ fn build_output_arrives_while_the_build_runs() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn second_buildpack_and_bad_apps() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -185,6 +188,7 @@ fn second_buildpack_and_bad_apps() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn failing_compile_rejects_the_push_and_leaves_nothing() {
     require_services!();
     let bucket = unique("bkt");
@@ -219,6 +223,7 @@ fn failing_compile_rejects_the_push_and_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn deis_controller_gets_the_v2_wire_format() {
     require_services!();
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -110,6 +110,7 @@ fn advice_lines(output: &str) -> Vec<&str> {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn flask_app_builds_from_the_package_index_runs_and_reuses_its_cache() {
     require_services!();
     let (builder, key) = networked_builder();
@@ -165,6 +166,7 @@ fn flask_app_builds_from_the_package_index_runs_and_reuses_its_cache() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn express_app_builds_from_npm_runs_with_npm_start_and_reuses_its_cache() {
     require_services!();
     let (builder, key) = networked_builder();
@@ -237,6 +239,7 @@ fn express_app_builds_from_npm_runs_with_npm_start_and_reuses_its_cache() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn go_app_builds_from_vendored_modules_without_network_and_runs() {
     require_services!();
     // The harness's default: sealed builds (no network at all).
@@ -298,6 +301,7 @@ fn publish_go_module(root: &Path, name: &str) {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn go_app_gets_modules_through_goproxy_and_builds_again_from_the_module_cache() {
     require_services!();
     let proxy = StaticServer::start();
@@ -343,6 +347,7 @@ fn go_app_gets_modules_through_goproxy_and_builds_again_from_the_module_cache() 
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn bad_dependency_input_is_rejected_with_the_tools_error_and_one_advice_line() {
     require_services!();
     let (builder, key) = networked_builder();
@@ -419,6 +424,7 @@ fn bad_dependency_input_is_rejected_with_the_tools_error_and_one_advice_line() {
 /// intercepting proxy's certificate is not trusted (on our machines the registries are
 /// only reachable through it), and without a network pip cannot reach the index.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn flask_needs_the_operator_ca_and_a_network() {
     require_services!();
     let app = App::from_fixture("flask-web");

@@ -153,6 +153,7 @@ fn switches_from_the_environment_take_the_usual_spellings() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_server_starts_with_switches_spelled_yes_and_1() {
     require_services!();
     let builder = Builder::start(BuilderOptions {
@@ -169,6 +170,7 @@ fn a_server_starts_with_switches_spelled_yes_and_1() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn an_unknown_hephy_builder_lists_every_accepted_value() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -184,6 +186,7 @@ fn an_unknown_hephy_builder_lists_every_accepted_value() {
 /// modes: it turns the import endpoint on in standalone mode and authenticates the builder
 /// to the controller in Deis mode.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_builder_key_file_works_in_both_modes() {
     require_services!();
     let dir = tempfile::tempdir().unwrap();

@@ -774,6 +774,7 @@ fn marker_slug() -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn pipeline_slug_in_s3_serves_http_and_runs_other_process_types() {
     require_services!();
     let image = runner_image();
@@ -856,6 +857,7 @@ fn pipeline_slug_in_s3_serves_http_and_runs_other_process_types() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn docker_stop_delivers_sigterm_to_the_app() {
     require_services!();
     // Served over plain HTTP from this test, like a presigned URL would be.
@@ -891,6 +893,7 @@ fn docker_stop_delivers_sigterm_to_the_app() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn wrong_sha256_is_refused_before_anything_runs() {
     require_services!();
     let slug = marker_slug();
@@ -950,6 +953,7 @@ fn wrong_sha256_is_refused_before_anything_runs() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn malicious_slugs_are_refused_by_the_runner_even_as_root() {
     require_services!();
     let evil = [
@@ -1026,6 +1030,7 @@ fn malicious_slugs_are_refused_by_the_runner_even_as_root() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn every_slug_source_and_clear_errors() {
     require_services!();
     let image = runner_image();
@@ -1228,6 +1233,7 @@ fn every_slug_source_and_clear_errors() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn start_one_word_runs_a_declared_type_else_a_command() {
     require_services!();
     let image = runner_image();

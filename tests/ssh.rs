@@ -9,6 +9,7 @@ use util::*;
 const BUILDER_KEY: &str = "sigterm-test-builder-key";
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn unknown_keys_are_denied() {
     require_services!();
     let builder = Builder::start(BuilderOptions::default());
@@ -31,6 +32,7 @@ fn verbose_login(builder: &Builder, key: &Key) -> (bool, String) {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn unknown_keys_are_refused_when_offered() {
     require_services!();
     let builder = Builder::start(BuilderOptions::default());
@@ -58,6 +60,7 @@ fn unknown_keys_are_refused_when_offered() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn authorized_keys_options_are_read_like_sshd() {
     require_services!();
     let builder = Builder::start(BuilderOptions::default());
@@ -119,6 +122,7 @@ fn authorized_keys_options_are_read_like_sshd() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn every_client_key_type_works() {
     require_services!();
     let builder = Builder::start(BuilderOptions::default());
@@ -144,6 +148,7 @@ fn every_client_key_type_works() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn hostile_exec_requests_are_refused_and_create_nothing() {
     require_services!();
     let builder = Builder::start(BuilderOptions::default());
@@ -208,6 +213,7 @@ fn hostile_exec_requests_are_refused_and_create_nothing() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn only_master_or_main_deploys() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -232,6 +238,7 @@ fn only_master_or_main_deploys() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn concurrent_pushes() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -270,6 +277,7 @@ fn concurrent_pushes() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn killing_the_client_mid_build_cleans_up() {
     require_services!();
     let (builder, key) = Builder::with_developer();
@@ -295,6 +303,7 @@ fn killing_the_client_mid_build_cleans_up() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_crashed_builder_sweeps_its_leftovers_on_restart() {
     require_services!();
     let (mut builder, key) = Builder::with_developer();
@@ -321,6 +330,7 @@ fn a_crashed_builder_sweeps_its_leftovers_on_restart() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn operator_host_keys_are_served() {
     require_services!();
     let keys = tempfile::tempdir().unwrap();
@@ -361,6 +371,7 @@ fn operator_host_keys_are_served() {
 
 /// README: `scripts/run.sh` serves SSH on 2222, a plain `deis-builder serve` on 2223.
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn plain_serve_listens_on_the_port_the_readme_names() {
     require_services!();
     let readme =
@@ -408,6 +419,7 @@ fn invalid_settings_stop_start_up_with_one_line() {
 }
 
 #[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn sigterm_lets_a_running_push_finish() {
     require_services!();
     let (mut builder, key) = Builder::with_developer_and(BuilderOptions {

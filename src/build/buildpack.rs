@@ -78,6 +78,7 @@ impl Pipeline {
         let redactor = Redactor::for_build(config, ssh_key.as_deref(), &self.own_secrets());
         let fetcher = Fetcher {
             timeout: self.settings.fetch_timeout,
+            max_unpacked_bytes: self.settings.buildpack_max_bytes,
             ssh_key: ssh_key.clone(),
         };
         let buildpacks = self
@@ -517,7 +518,7 @@ fn describe_types(packed: &slug::PackedSlug, types: &ProcessTypes) -> String {
     }
 }
 
-fn human_size(bytes: u64) -> String {
+pub(super) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "K", "M", "G"];
     let mut size = bytes as f64;
     let mut unit = 0;

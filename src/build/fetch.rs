@@ -10,8 +10,18 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::slug::{UnpackError, UnpackOptions};
+
 /// Largest tarball buildpack we download.
 const MAX_TARBALL_BYTES: u64 = 256 << 20;
+/// Most entries a tarball buildpack may hold (the directories they need count too): a
+/// small gzip must not fill the data dir with inodes. Real buildpacks have a few thousand.
+pub const BUILDPACK_MAX_ENTRIES: u64 = 100_000;
+/// Deepest directory nesting in a tarball buildpack.
+pub const BUILDPACK_MAX_DEPTH: usize = 64;
+/// Where fetched buildpacks lie in the build container (see `buildpacks/README.md`): a
+/// tarball's absolute links may point only into its own directory there.
+const CONTAINER_BUILDPACKS_DIR: &str = "/build/buildpacks";
 /// Most buildpacks a `.buildpacks` file may list.
 pub const MAX_BUILDPACKS: usize = 20;
 /// Longest stderr excerpt of a failed git/curl quoted to the developer.
@@ -42,6 +52,8 @@ pub enum FetchError {
     Timeout { url: String, seconds: u64 },
     #[error("buildpack {url} is not a buildpack: {reason}")]
     NotABuildpack { url: String, reason: String },
+    #[error("buildpack {url} was refused: {reason}")]
+    OverLimit { url: String, reason: String },
     #[error("cannot fetch buildpack {url}: {error}")]
     Io { url: String, error: std::io::Error },
 }
@@ -57,7 +69,9 @@ impl FetchError {
             FetchError::Timeout { seconds, .. } => {
                 format!("fetching took longer than {seconds}s and was stopped")
             }
-            FetchError::NotABuildpack { reason, .. } => reason.clone(),
+            FetchError::NotABuildpack { reason, .. } | FetchError::OverLimit { reason, .. } => {
+                reason.clone()
+            }
             FetchError::Io { error, .. } => error.to_string(),
         }
     }
@@ -280,6 +294,8 @@ impl Drop for Workspace {
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     pub timeout: Duration,
+    /// Most a tarball buildpack may unpack to (`--buildpack-max-size`).
+    pub max_unpacked_bytes: u64,
     /// Private key (OpenSSH/PEM text) from the app's `SSH_KEY`, for private git buildpacks.
     pub ssh_key: Option<String>,
 }
@@ -307,7 +323,13 @@ impl Fetcher {
                 (dest, commit)
             }
             UrlKind::Tarball => {
-                let root = self.fetch_tarball(url, &dest, workspace).await?;
+                let options = UnpackOptions {
+                    app_path: format!("{CONTAINER_BUILDPACKS_DIR}/{name}"),
+                    max_total_bytes: self.max_unpacked_bytes,
+                    max_entries: BUILDPACK_MAX_ENTRIES,
+                    max_depth: BUILDPACK_MAX_DEPTH,
+                };
+                let root = self.fetch_tarball(url, &dest, workspace, options).await?;
                 (root, url.shown())
             }
         };
@@ -479,12 +501,14 @@ impl Fetcher {
         Ok(command)
     }
 
-    /// Downloads with curl (http/https only, size-capped) and unpacks safely.
+    /// Downloads with curl (http/https only, size-capped) and unpacks safely, within
+    /// `options`' limits.
     async fn fetch_tarball(
         &self,
         url: &BuildpackUrl,
         dest: &Path,
         workspace: &Workspace,
+        options: UnpackOptions,
     ) -> Result<PathBuf, FetchError> {
         let archive = dest.with_extension("tgz");
         let mut command = self.limited("curl");
@@ -511,12 +535,14 @@ impl Fetcher {
         self.run(url, command).await?;
         let unpack_into = dest.to_owned();
         let url_text = url.shown();
-        tokio::task::spawn_blocking(move || unpack_tarball(&archive, &unpack_into, &url_text))
-            .await
-            .map_err(|e| FetchError::Io {
-                url: url.shown(),
-                error: std::io::Error::other(e.to_string()),
-            })?
+        tokio::task::spawn_blocking(move || {
+            unpack_tarball(&archive, &unpack_into, &url_text, &options)
+        })
+        .await
+        .map_err(|e| FetchError::Io {
+            url: url.shown(),
+            error: std::io::Error::other(e.to_string()),
+        })?
     }
 
     /// A command under coreutils `timeout`, which kills the whole process group (git's
@@ -608,29 +634,29 @@ fn last_lines(stderr: &[u8]) -> String {
     }
 }
 
-/// Unpacks a gzip'd tar with the tar crate's path checks; a single top-level directory
-/// (as GitHub archives have) is the buildpack root.
-fn unpack_tarball(archive: &Path, dest: &Path, url: &str) -> Result<PathBuf, FetchError> {
-    let not_a_buildpack = |reason: String| FetchError::NotABuildpack {
-        url: url.to_owned(),
-        reason,
-    };
+/// Unpacks a gzip'd tar with the slug unpacker (no `..` or absolute names, nothing written
+/// through a link, links stay inside, no devices, capped headers) within `options`' size,
+/// entry and depth budget; a single top-level directory (as GitHub archives have) is the
+/// buildpack root. A refused tarball leaves nothing behind.
+fn unpack_tarball(
+    archive: &Path,
+    dest: &Path,
+    url: &str,
+    options: &UnpackOptions,
+) -> Result<PathBuf, FetchError> {
     let file = std::fs::File::open(archive).map_err(|error| FetchError::Io {
         url: url.to_owned(),
         error,
     })?;
-    std::fs::create_dir_all(dest).map_err(|error| FetchError::Io {
-        url: url.to_owned(),
-        error,
-    })?;
-    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
-        file,
-    )));
-    tar.set_preserve_permissions(false);
-    tar.set_unpack_xattrs(false);
-    tar.unpack(dest)
-        .map_err(|e| not_a_buildpack(format!("not a readable .tgz ({e})")))?;
+    // Several gzip members are valid (some tools write them); the unpacker reads on.
+    let gzip = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+    let unpacked = crate::slug::unpack_tar(gzip, dest, options);
     let _ = std::fs::remove_file(archive);
+    if let Err(error) = unpacked {
+        // Not left for the workspace's removal at the end of the push: free it now.
+        let _ = std::fs::remove_dir_all(dest);
+        return Err(unpack_refusal(url, error));
+    }
     if dest.join("bin").is_dir() {
         return Ok(dest.to_owned());
     }
@@ -642,8 +668,64 @@ fn unpack_tarball(archive: &Path, dest: &Path, url: &str) -> Result<PathBuf, Fet
         .filter_map(Result::ok)
         .collect::<Vec<_>>();
     match entries.pop() {
-        Some(only) if entries.is_empty() && only.path().is_dir() => Ok(only.path()),
+        // file_type() does not follow a link: the root must be a real directory.
+        Some(only) if entries.is_empty() && only.file_type().is_ok_and(|t| t.is_dir()) => {
+            Ok(only.path())
+        }
         _ => Ok(dest.to_owned()),
+    }
+}
+
+/// What a refused tarball tells the developer, in a buildpack's terms (the unpacker's own
+/// messages speak of slugs).
+fn unpack_refusal(url: &str, error: UnpackError) -> FetchError {
+    let over = |reason: String| FetchError::OverLimit {
+        url: url.to_owned(),
+        reason,
+    };
+    let not_a_buildpack = |reason: String| FetchError::NotABuildpack {
+        url: url.to_owned(),
+        reason,
+    };
+    match error {
+        UnpackError::TooLarge { limit, .. } => over(format!(
+            "it unpacks to more than {}, the limit (--buildpack-max-size)",
+            super::buildpack::human_size(limit)
+        )),
+        UnpackError::TooManyEntries { limit } => over(format!(
+            "it holds more than {limit} files, links and directories, the limit"
+        )),
+        UnpackError::TooDeep { path, limit } => over(format!(
+            "entry {path:?} is nested more than {limit} directories deep, the limit"
+        )),
+        UnpackError::HeadersTooLarge { limit } => over(format!(
+            "its extension headers (long names, pax records) exceed {limit} bytes, the limit"
+        )),
+        UnpackError::Write { error, .. } => FetchError::Io {
+            url: url.to_owned(),
+            error,
+        },
+        UnpackError::Corrupt(error) => not_a_buildpack(format!("not a readable .tgz ({error})")),
+        UnpackError::Empty => not_a_buildpack("the .tgz holds no entries".to_owned()),
+        UnpackError::UnsafePath { path, reason } => {
+            not_a_buildpack(format!("unsafe entry {path:?} in the .tgz: {reason}"))
+        }
+        UnpackError::ForbiddenType { path, kind } => not_a_buildpack(format!(
+            "entry {path:?} is a {kind}; a buildpack may only hold files, directories and links"
+        )),
+        UnpackError::SymlinkEscape { path, target } => not_a_buildpack(format!(
+            "symlink {path:?} -> {target:?} points outside the buildpack"
+        )),
+        UnpackError::BadHardLink {
+            path,
+            target,
+            reason,
+        } => not_a_buildpack(format!(
+            "hard link {path:?} -> {target:?} refused: {reason}"
+        )),
+        UnpackError::MixedLayout { path } => not_a_buildpack(format!(
+            "entry {path:?} is outside app/, but the .tgz starts with the app/ directory"
+        )),
     }
 }
 
@@ -666,6 +748,7 @@ pub(super) fn mask_credentials(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read as _;
 
     #[test]
     fn urls_and_refs() {
@@ -721,6 +804,109 @@ mod tests {
             parse_buildpacks_file(&many),
             Err(FetchError::TooMany(_))
         ));
+    }
+
+    /// A gzip'd tar of zero-filled files: `(name, size)`.
+    fn tgz(dir: &Path, files: &[(String, usize)]) -> PathBuf {
+        let path = dir.join("bp.tgz");
+        let gzip = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gzip);
+        for (name, size) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(*size as u64);
+            header.set_mode(0o755);
+            header.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut header, name, std::io::repeat(0).take(*size as u64))
+                .unwrap();
+        }
+        tar.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    fn budget(max_total_bytes: u64, max_entries: u64) -> UnpackOptions {
+        UnpackOptions {
+            app_path: format!("{CONTAINER_BUILDPACKS_DIR}/01-bp"),
+            max_total_bytes,
+            max_entries,
+            max_depth: BUILDPACK_MAX_DEPTH,
+        }
+    }
+
+    const URL: &str = "https://example.com/bp.tgz";
+
+    #[test]
+    fn a_tarball_within_its_budget_unpacks_to_its_top_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = tgz(
+            dir.path(),
+            &[
+                ("bp-1.0/bin/compile".into(), 10),
+                ("bp-1.0/lib/x".into(), 10),
+            ],
+        );
+        let dest = dir.path().join("01-bp");
+        let root = unpack_tarball(&archive, &dest, URL, &budget(20, 10)).unwrap();
+        assert_eq!(root, dest.join("bp-1.0"));
+        assert!(root.join("bin/compile").is_file());
+        assert!(!archive.exists(), "the download is removed once unpacked");
+    }
+
+    #[test]
+    fn a_tarball_over_its_budget_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = vec![("bp-1.0/bin/compile".to_owned(), 10)];
+        files.extend((0..4).map(|i| (format!("bp-1.0/zeros-{i}"), 64 << 10)));
+        let too_many: Vec<(String, usize)> = (0..20).map(|i| (format!("bp-1.0/f{i}"), 1)).collect();
+        let too_deep = vec![(format!("{}x", "d/".repeat(BUILDPACK_MAX_DEPTH)), 1)];
+        // Few entries, but each needs directories of its own: they count too.
+        let wide: Vec<(String, usize)> = (0..5)
+            .map(|i| (format!("bp/{i}/a/b/c/d/e/f/g/x"), 1))
+            .collect();
+        let cases = [
+            (
+                files,
+                budget(100 << 10, 100),
+                "it unpacks to more than 100.0K, the limit (--buildpack-max-size)",
+            ),
+            (
+                too_many,
+                budget(1 << 20, 10),
+                "it holds more than 10 files, links and directories",
+            ),
+            (
+                too_deep,
+                budget(1 << 20, 1000),
+                "is nested more than 64 directories deep",
+            ),
+            (
+                wide,
+                budget(1 << 20, 20),
+                "it holds more than 20 files, links and directories",
+            ),
+        ];
+        for (files, options, expected) in cases {
+            let archive = tgz(dir.path(), &files);
+            let dest = dir.path().join("01-bp");
+            let error = unpack_tarball(&archive, &dest, URL, &options).unwrap_err();
+            assert!(matches!(error, FetchError::OverLimit { .. }), "{error}");
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("buildpack {URL} was refused: ")),
+                "{message}"
+            );
+            assert!(message.contains(expected), "{message}");
+            assert!(
+                !dest.exists(),
+                "{expected}: the partial unpack must be removed"
+            );
+            assert!(
+                !archive.exists(),
+                "{expected}: the download must be removed"
+            );
+        }
     }
 
     #[test]

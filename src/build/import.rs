@@ -1,5 +1,9 @@
 //! Image import (`deis pull`): an existing image is pulled, tagged into the app's
 //! repository under a content-derived tag, pushed to the private registry and released.
+//! Pull, tag and push stop at `--build-timeout` or when the caller's token fires (shutdown),
+//! and what they tagged is rolled back; the release, once asked for, is never cut short.
+
+use tokio_util::sync::CancellationToken;
 
 use super::dockerfile::{image_repository, registry_auth, relay};
 use super::timing::{millis, Stage, StageTimes};
@@ -28,14 +32,75 @@ pub struct Imported {
     pub image: String,
 }
 
+/// The image an import tagged into the app's repository, ready for the release.
+struct Staged {
+    /// `repository:tag`, what the release names.
+    reference: String,
+    /// The image's content id in hex (the release's "sha").
+    hex: String,
+}
+
 impl Pipeline {
+    /// Imports `request`'s image. Until the release is asked for, `cancel` stops it (with
+    /// [`BuildError::Cancelled`]), as does `--build-timeout`; either way everything it
+    /// tagged is removed again.
     pub async fn import(
         &self,
         request: &ImportRequest,
         out: &Output,
+        cancel: &CancellationToken,
     ) -> Result<Imported, BuildError> {
         let started = std::time::Instant::now();
         let times = StageTimes::default();
+        // Outlives the staging future: when that is dropped (timeout, cancellation), what it
+        // recorded is still rolled back below.
+        let published = Published::new(self.store.clone(), self.engine.clone());
+        let timeout = self.settings.timeout;
+        let staged = tokio::select! {
+            staged = tokio::time::timeout(timeout, self.stage(request, &published, out, &times)) => {
+                staged.unwrap_or(Err(BuildError::Timeout(timeout)))
+            }
+            () = cancel.cancelled() => Err(BuildError::Cancelled),
+        };
+        let imported = match staged {
+            // Not raced against cancellation: once asked, the controller may cut the release
+            // whether or not we wait, and its image must then stay (the call has a timeout).
+            Ok(staged) => self
+                .release_import(request, &staged, out, &times)
+                .await
+                .map(|version| (version, staged.reference)),
+            Err(error) => Err(error),
+        };
+        match &imported {
+            Ok(_) => published.keep(),
+            Err(BuildError::Controller(error)) if error.is_unreachable() => {
+                tracing::warn!("release outcome unknown; keeping the imported image");
+            }
+            Err(_) => published.roll_back().await,
+        }
+        let (version, image) = imported?;
+        tracing::info!(
+            app = %request.app,
+            version,
+            elapsed_ms = millis(started.elapsed()),
+            pull_ms = times.millis(Stage::Pull),
+            tag_ms = times.millis(Stage::Tag),
+            push_ms = times.millis(Stage::Push),
+            release_ms = times.millis(Stage::Release),
+            "imported"
+        );
+        Ok(Imported { version, image })
+    }
+
+    /// Pull, tag and push: everything before the release. Every tag is recorded in
+    /// `published` before it is made, so dropping this future half-way loses none.
+    async fn stage(
+        &self,
+        request: &ImportRequest,
+        published: &Published,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<Staged, BuildError> {
         let image = &request.image;
         out.step(format!("Pulling {image}")).await;
         let source_auth = request
@@ -68,52 +133,6 @@ impl Pipeline {
         let reference = format!("{repository}:{tag}");
         // The same image always gets the same tag, so an existing tag already names exactly
         // this image; only tags this import creates are removed if it fails.
-        let published = Published::new(self.store.clone(), self.engine.clone());
-        let imported = self
-            .tag_push_release(
-                request,
-                &published,
-                (&pulled, hex),
-                (&repository, &tag),
-                out,
-                &times,
-            )
-            .await;
-        match &imported {
-            Ok(_) => published.keep(),
-            Err(BuildError::Controller(error)) if error.is_unreachable() => {
-                tracing::warn!("release outcome unknown; keeping the imported image");
-            }
-            Err(_) => published.roll_back().await,
-        }
-        let version = imported?;
-        tracing::info!(
-            app = %request.app,
-            version,
-            elapsed_ms = millis(started.elapsed()),
-            pull_ms = times.millis(Stage::Pull),
-            tag_ms = times.millis(Stage::Tag),
-            push_ms = times.millis(Stage::Push),
-            release_ms = times.millis(Stage::Release),
-            "imported"
-        );
-        Ok(Imported {
-            version,
-            image: reference,
-        })
-    }
-
-    async fn tag_push_release(
-        &self,
-        request: &ImportRequest,
-        published: &Published,
-        // The pulled image, and its content id's hex (the release's "sha").
-        (pulled, hex): (&str, &str),
-        (repository, tag): (&str, &str),
-        out: &Output,
-        times: &StageTimes,
-    ) -> Result<u64, BuildError> {
-        let reference = format!("{repository}:{tag}");
         let tag_started = std::time::Instant::now();
         let registry = self
             .settings
@@ -126,7 +145,7 @@ impl Pipeline {
                 None => None,
                 Some((_, auth)) => Some(
                     self.engine
-                        .registry_digest(repository, tag, auth.as_ref())
+                        .registry_digest(&repository, &tag, auth.as_ref())
                         .await
                         .map(|digest| digest.is_some())
                         // Unknown: treat as existing, so a rollback never deletes what it
@@ -136,22 +155,24 @@ impl Pipeline {
             }
         });
         if local.is_err() {
-            self.engine.tag_image(pulled, repository, tag).await?;
+            // Recorded first: removing a tag that was never made is a no-op.
             published.image(PublishedImage {
                 reference: reference.clone(),
                 registry: None,
             });
+            self.engine.tag_image(&pulled, &repository, &tag).await?;
         }
         times.add(Stage::Tag, tag_started.elapsed());
         if let Some((registry, auth)) = registry {
             let existed = in_registry.unwrap_or(true);
             if !existed {
+                // Before the push: one stopped half-way may still have put the manifest.
                 published.image(PublishedImage {
                     reference: reference.clone(),
                     registry: Some((
                         RegistryApi::new(&registry.host, auth.clone())?,
                         request.app.to_string(),
-                        tag.to_owned(),
+                        tag.clone(),
                     )),
                 });
             }
@@ -160,13 +181,26 @@ impl Pipeline {
                 .time(
                     Stage::Push,
                     relay(
-                        self.engine.push_image(repository, tag, auth.as_ref()),
+                        self.engine.push_image(&repository, &tag, auth.as_ref()),
                         out,
                         true,
                     ),
                 )
                 .await?;
         }
+        Ok(Staged {
+            reference,
+            hex: hex.to_owned(),
+        })
+    }
+
+    async fn release_import(
+        &self,
+        request: &ImportRequest,
+        staged: &Staged,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<u64, BuildError> {
         out.line("Launching App...").await;
         let release_started = std::time::Instant::now();
         let version = self
@@ -174,8 +208,8 @@ impl Pipeline {
             .release(&BuildHook {
                 user: &request.user,
                 app: request.app.as_str(),
-                sha: hex,
-                image: &reference,
+                sha: &staged.hex,
+                image: &staged.reference,
                 procfile: &request.process_types.0,
                 dockerfile: true,
             })

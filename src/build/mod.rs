@@ -144,6 +144,9 @@ pub enum BuildError {
     BuildFailed(i64),
     #[error("the build took longer than {0:?} and was stopped")]
     Timeout(Duration),
+    /// An import stopped before its release by its caller's token (the server's shutdown).
+    #[error("stopped: the builder is shutting down")]
+    Cancelled,
     #[error("{0}")]
     Slug(#[from] slug::SlugError),
     #[error("{0}")]

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use std::collections::BTreeMap;
 
@@ -48,6 +49,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Imports {
     /// Fires on SIGTERM: new imports are refused, like new pushes.
     pub draining: CancellationToken,
+    /// Fires when the grace period is over: running imports are stopped and rolled back.
+    pub abort: CancellationToken,
+    /// The server's tracker of running work: shutdown waits for imports like for pushes.
+    pub tasks: TaskTracker,
     pub pipeline: Arc<Pipeline>,
     pub locks: AppLocks,
     /// Imports take a build slot like pushes do.
@@ -123,6 +128,10 @@ fn detail(status: StatusCode, message: impl Into<String>) -> Reply {
 /// Most output an import reply carries; the rest is cut (the log has it all).
 const MAX_IMPORT_OUTPUT: usize = 256 * 1024;
 
+/// What an import stopped by the shutdown answers (503).
+pub const IMPORT_RESTARTING: &str =
+    "the builder is restarting: this import was not deployed; try again in a minute";
+
 async fn import(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -155,7 +164,7 @@ async fn import(
             "the builder is restarting; try again in a moment",
         );
     }
-    let Some(_lock) = imports.locks.try_lock(&request.app) else {
+    let Some(lock) = imports.locks.try_lock(&request.app) else {
         return detail(
             StatusCode::CONFLICT,
             format!("another push to {} is in progress", request.app),
@@ -171,12 +180,36 @@ async fn import(
         String::from_utf8_lossy(&log).into_owned()
     });
     // A caller that hangs up while waiting leaves the line (axum drops this future).
-    let _slot = imports.builds.acquire_telling(&out).await;
-    let started = Instant::now();
-    let result = imports.pipeline.import(&request, &out).await;
-    crate::metrics::build_finished(BuildKind::Import, started.elapsed());
-    drop(out);
+    let slot = tokio::select! {
+        slot = imports.builds.acquire_telling(&out) => slot,
+        () = imports.draining.cancelled() => {
+            return detail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the builder is restarting; try again in a moment",
+            );
+        }
+    };
+    // Its own task, tracked like a push: shutdown waits for it through the grace period
+    // (then cancels it), and a caller hanging up cannot drop it half-way, tags and all.
+    let pipeline = imports.pipeline.clone();
+    let abort = imports.abort.clone();
+    let app = request.app.clone();
+    let task = imports.tasks.spawn(async move {
+        let _held = (lock, slot);
+        let started = Instant::now();
+        let result = pipeline.import(&request, &out, &abort).await;
+        crate::metrics::build_finished(BuildKind::Import, started.elapsed());
+        result
+    });
+    let result = task.await;
     let output = collector.await.unwrap_or_default();
+    let result = match result {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, %app, "import task failed");
+            return detail(StatusCode::INTERNAL_SERVER_ERROR, "the import failed");
+        }
+    };
     match result {
         Ok(imported) => (
             StatusCode::OK,
@@ -186,8 +219,15 @@ async fn import(
                 "output": output,
             })),
         ),
+        Err(BuildError::Cancelled) => {
+            tracing::warn!(%app, "import cancelled: the grace period is over");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "detail": IMPORT_RESTARTING, "output": output })),
+            )
+        }
         Err(error) => {
-            tracing::warn!(%error, app = %request.app, "import failed");
+            tracing::warn!(%error, %app, "import failed");
             (
                 import_failure_status(&error),
                 Json(json!({ "detail": error.to_string(), "output": output })),
@@ -208,9 +248,9 @@ fn import_failure_status(error: &BuildError) -> StatusCode {
             .filter(|code| (400..500).contains(code))
             .and_then(|code| StatusCode::from_u16(code).ok())
             .unwrap_or(StatusCode::BAD_GATEWAY),
-        BuildError::Engine(EngineError::Connect(_)) | BuildError::Storage(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        BuildError::Engine(EngineError::Connect(_))
+        | BuildError::Storage(_)
+        | BuildError::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
         BuildError::Engine(EngineError::Registry(_)) => StatusCode::BAD_GATEWAY,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     }

@@ -36,6 +36,9 @@ const COPY_BUFFER_BYTES: usize = 256 * 1024;
 /// Slugs over 500 MB are refused by Heroku; unpacked they may be a few times larger.
 const DEFAULT_MAX_TOTAL_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 const DEFAULT_MAX_ENTRIES: u64 = 2_000_000;
+/// A name of at most [`MAX_NAME_BYTES`] has at most this many components: by default depth
+/// is bounded by the name cap alone.
+const DEFAULT_MAX_DEPTH: usize = MAX_NAME_BYTES / 2;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnpackOptions {
@@ -44,8 +47,11 @@ pub struct UnpackOptions {
     pub app_path: String,
     /// Limit on the sum of regular file sizes.
     pub max_total_bytes: u64,
-    /// Limit on the number of entries.
+    /// Limit on the number of entries, and on the files, links and directories created
+    /// (a directory an entry's path needs counts too, so deep names cannot multiply it).
     pub max_entries: u64,
+    /// Limit on the directory levels of an entry's path.
+    pub max_depth: usize,
 }
 
 impl Default for UnpackOptions {
@@ -54,6 +60,7 @@ impl Default for UnpackOptions {
             app_path: DEFAULT_APP_PATH.to_owned(),
             max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
             max_entries: DEFAULT_MAX_ENTRIES,
+            max_depth: DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -98,8 +105,10 @@ pub enum UnpackError {
     MixedLayout { path: String },
     #[error("the slug unpacks to more than {limit} bytes (at entry {path:?} of {size} bytes)")]
     TooLarge { path: String, size: u64, limit: u64 },
-    #[error("the slug has more than {limit} entries")]
+    #[error("the slug has more than {limit} entries (counting the directories they need)")]
     TooManyEntries { limit: u64 },
+    #[error("slug entry {path:?} is nested more than {limit} directories deep")]
+    TooDeep { path: String, limit: usize },
     #[error("the slug's extension headers (long names, pax records) exceed {limit} bytes")]
     HeadersTooLarge { limit: u64 },
     #[error("the slug holds no entries")]
@@ -140,6 +149,7 @@ pub fn unpack_tar<R: Read>(
         layout: None,
         dir_modes: Vec::new(),
         entries: 0,
+        created: 0,
         bytes: 0,
     };
     {
@@ -231,6 +241,8 @@ struct Extractor<'a> {
     /// own children.
     dir_modes: Vec<(PathBuf, u32)>,
     entries: u64,
+    /// Files, links and directories made so far.
+    created: u64,
     bytes: u64,
 }
 
@@ -255,6 +267,12 @@ impl Extractor<'_> {
         };
         let components = split_name(&raw_name).map_err(unsafe_path)?;
         let components = self.strip_layout(components, entry_type.is_dir(), &shown)?;
+        if components.len() > self.opts.max_depth {
+            return Err(UnpackError::TooDeep {
+                path: shown,
+                limit: self.opts.max_depth,
+            });
+        }
 
         match entry_type {
             EntryType::Regular | EntryType::Continuous => self.file(entry, &components, &shown),
@@ -433,9 +451,21 @@ impl Extractor<'_> {
         fs::hard_link(&target_path, &leaf).map_err(|error| UnpackError::Write { path: leaf, error })
     }
 
+    /// Counts one more file, link or directory against the entry limit.
+    fn count_created(&mut self) -> Result<(), UnpackError> {
+        self.created += 1;
+        if self.created > self.opts.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                limit: self.opts.max_entries,
+            });
+        }
+        Ok(())
+    }
+
     /// Makes the parents of a non-directory entry and clears its place: an existing file or
-    /// symlink there is removed (never followed), an existing directory is an error.
-    fn prepare_leaf(&self, components: &[&[u8]], shown: &str) -> Result<PathBuf, UnpackError> {
+    /// symlink there is removed (never followed), an existing directory is an error. The
+    /// leaf counts as created.
+    fn prepare_leaf(&mut self, components: &[&[u8]], shown: &str) -> Result<PathBuf, UnpackError> {
         let Some((name, parents)) = components.split_last() else {
             return Err(UnpackError::UnsafePath {
                 path: shown.to_owned(),
@@ -445,6 +475,7 @@ impl Extractor<'_> {
         let leaf = self
             .ensure_dirs(parents, shown)?
             .join(OsStr::from_bytes(name));
+        self.count_created()?;
         match fs::symlink_metadata(&leaf) {
             Ok(meta) if meta.is_dir() => Err(UnpackError::UnsafePath {
                 path: shown.to_owned(),
@@ -461,7 +492,7 @@ impl Extractor<'_> {
 
     /// Creates the directories of `components` below the root, refusing to go through
     /// anything that is not a real directory (a symlink from the slug could lead anywhere).
-    fn ensure_dirs(&self, components: &[&[u8]], shown: &str) -> Result<PathBuf, UnpackError> {
+    fn ensure_dirs(&mut self, components: &[&[u8]], shown: &str) -> Result<PathBuf, UnpackError> {
         let mut path = self.root.clone();
         for component in components {
             path.push(OsStr::from_bytes(component));
@@ -478,6 +509,7 @@ impl Extractor<'_> {
                     });
                 }
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    self.count_created()?;
                     fs::create_dir(&path).map_err(|error| UnpackError::Write {
                         path: path.clone(),
                         error,
