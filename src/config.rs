@@ -322,16 +322,16 @@ impl Settings {
             stack_image: non_empty("--stack-image", args.stack_image)?,
             registry,
             network: non_empty("--build-network", args.build_network)?,
-            memory_bytes: parse_bytes("--build-memory", &args.build_memory)?,
+            memory_bytes: parse_memory("--build-memory", &args.build_memory)?,
             pids_limit: parse_number("--build-pids", &args.build_pids, 16)?,
             timeout: parse_duration("--build-timeout", &args.build_timeout)?,
-            slug_warn_bytes: parse_slug_size("--slug-warn-size", &args.slug_warn_size)?,
-            slug_max_bytes: parse_slug_size("--slug-max-size", &args.slug_max_size)?,
+            slug_warn_bytes: parse_size("--slug-warn-size", &args.slug_warn_size, 1)?,
+            slug_max_bytes: parse_size("--slug-max-size", &args.slug_max_size, 1)?,
             fetch_timeout: parse_duration(
                 "--buildpack-fetch-timeout",
                 &args.buildpack_fetch_timeout,
             )?,
-            buildpack_max_bytes: parse_slug_size("--buildpack-max-size", &args.buildpack_max_size)?,
+            buildpack_max_bytes: parse_size("--buildpack-max-size", &args.buildpack_max_size, 1)?,
             work_dir: data_dir.join("tmp"),
             stack_name: args
                 .stack_name
@@ -362,7 +362,7 @@ impl Settings {
             login_timeout: parse_duration("--login-timeout", &args.login_timeout)?,
             idle_timeout: parse_duration("--idle-timeout", &args.idle_timeout)?,
             max_auth_attempts: parse_number("--max-auth-attempts", &args.max_auth_attempts, 1)?,
-            max_push_bytes: parse_slug_size("--max-push-size", &args.max_push_size)?,
+            max_push_bytes: parse_size("--max-push-size", &args.max_push_size, 1)?,
             lock_wait: match args.lock_wait.trim() {
                 "0" | "0s" => Duration::ZERO,
                 other => parse_duration("--lock-wait", other)?,
@@ -765,35 +765,8 @@ pub fn parse_duration(setting: &'static str, value: &str) -> Result<Duration, Co
     Ok(Duration::from_secs(secs))
 }
 
-/// `512m`, `2g`, `1048576`.
-fn parse_bytes(setting: &'static str, value: &str) -> Result<i64, ConfigError> {
-    let (digits, unit) = split_number(value);
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| invalid(setting, format!("{value:?} is not a size like 512m or 2g")))?;
-    let factor = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        _ => {
-            return Err(invalid(
-                setting,
-                format!("{value:?} is not a size like 512m or 2g"),
-            ))
-        }
-    };
-    match n.checked_mul(factor) {
-        Some(bytes) if bytes >= 64 << 20 => Ok(bytes),
-        _ => Err(invalid(
-            setting,
-            format!("{value:?} must be between 64m and a sane maximum"),
-        )),
-    }
-}
-
-/// Slug limits: `300m`, `1g`, `512k` (any size above zero).
-fn parse_slug_size(setting: &'static str, value: &str) -> Result<u64, ConfigError> {
+/// A size: `300m`, `2g`, `512k`, `1048576` (bytes), at least `min` bytes.
+fn parse_size(setting: &'static str, value: &str, min: u64) -> Result<u64, ConfigError> {
     let (digits, unit) = split_number(value);
     let bad = || invalid(setting, format!("{value:?} is not a size like 300m or 1g"));
     let n: u64 = digits.parse().map_err(|_| bad())?;
@@ -804,10 +777,24 @@ fn parse_slug_size(setting: &'static str, value: &str) -> Result<u64, ConfigErro
         "g" => 1 << 30,
         _ => return Err(bad()),
     };
-    match n.checked_mul(factor) {
-        Some(bytes) if bytes > 0 => Ok(bytes),
-        _ => Err(bad()),
+    let bytes = n.checked_mul(factor).ok_or_else(bad)?;
+    if bytes < min.max(1) {
+        let least = match min {
+            0 | 1 => "larger than zero".to_owned(),
+            min => format!("at least {}", format_size(min)),
+        };
+        return Err(invalid(
+            setting,
+            format!("{value:?}: the size must be {least}"),
+        ));
     }
+    Ok(bytes)
+}
+
+/// A container memory limit (the engine takes an `i64`): at least 64m.
+fn parse_memory(setting: &'static str, value: &str) -> Result<i64, ConfigError> {
+    let bytes = parse_size(setting, value, 64 << 20)?;
+    i64::try_from(bytes).map_err(|_| invalid(setting, format!("{value:?} is too large")))
 }
 
 fn split_number(value: &str) -> (&str, &str) {
