@@ -225,20 +225,12 @@ fn express_app_builds_from_npm_runs_with_npm_start_and_reuses_its_cache() {
     second
         .assert_ok()
         .assert_says("remote: -----> Restoring cache")
-        .assert_says(
-            "remote:        Using cached node_modules: package-lock.json and package.json are unchanged since the previous build",
-        )
-        .assert_says("remote: -----> Running build (npm run build)")
-        .assert_says("remote: -----> Pruning devDependencies")
+        .assert_says("remote:        Using the npm cache of previous builds")
+        .assert_says("remote:        added 72 packages")
         .assert_says("remote: -----> Cache unchanged")
         .assert_says(&format!("remote: Done, {name}:v2 deployed"));
-    assert!(
-        !second.output.contains("added 72 packages"),
-        "npm installed again:\n{}",
-        second.output
-    );
     eprintln!(
-        "express-web: first push {:.1}s, second push {:.1}s (node_modules reused)",
+        "express-web: first push {:.1}s, second push {:.1}s (npm cache reused)",
         first_took.as_secs_f64(),
         second_took.as_secs_f64()
     );
