@@ -74,6 +74,7 @@ fn authorized_keys_options_are_read_like_sshd() {
         .unwrap();
     };
     let restricted = Key::generate("ed25519", "restricted");
+    let environed = Key::generate("ed25519", "environed");
     let commanded = Key::generate("ed25519", "commanded");
     let elsewhere = Key::generate("ed25519", "elsewhere");
     let expired = Key::generate("ed25519", "expired");
@@ -84,9 +85,11 @@ fn authorized_keys_options_are_read_like_sshd() {
             restricted.public_line
         ),
         format!(
-            "command=\"echo \\\"forced, quoted\\\"\",no-agent-forwarding {}",
-            commanded.public_line
+            "environment=\"GREETING=\\\"hi, quoted\\\"\",no-agent-forwarding {}",
+            environed.public_line
         ),
+        // A key disabled the sshd way must stay disabled.
+        format!("command=\"/bin/false\" {}", commanded.public_line),
         format!("from=\"192.0.2.*\" {}", elsewhere.public_line),
         format!("expiry-time=\"20200101\" {}", expired.public_line),
         format!("cert-authority {}", authority.public_line),
@@ -96,16 +99,17 @@ fn authorized_keys_options_are_read_like_sshd() {
         .assert_ok()
         .assert_says(&format!("Done, {name}:v1 deployed"));
     app.commit_file("VERSION", "2\n");
-    app.push(&builder, &name, &commanded)
+    app.push(&builder, &name, &environed)
         .assert_ok()
         .assert_says(&format!("Done, {name}:v2 deployed"));
     assert!(
         builder.log().contains("authorized_keys options ignored"),
-        "the ignored command= is logged:\n{}",
+        "the ignored environment= is logged:\n{}",
         builder.log()
     );
-    // from= and expiry-time= are honoured; cert-authority lines are skipped.
+    // from= and expiry-time= are honoured; command= and cert-authority lines are skipped.
     for (key, what) in [
+        (&commanded, "command="),
         (&elsewhere, "from="),
         (&expired, "expiry-time="),
         (&authority, "cert-authority"),

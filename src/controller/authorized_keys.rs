@@ -3,9 +3,10 @@
 //! and a comment (the standalone user name).
 //!
 //! Options on a git-only server: `restrict` and the `no-*` switches are what the builder
-//! does anyway; `from=` and `expiry-time=` are honoured; options for features the builder
-//! does not offer (`command=`, `environment=`, forwarding, pty, …) are ignored with a
-//! warning; `cert-authority` and unknown options make sshd refuse the line, and so do we.
+//! does anyway; `from=` and `expiry-time=` are honoured; options that only enable what the
+//! builder does not offer (`environment=`, forwarding, pty, …) are ignored with a warning;
+//! restrictions it cannot honour (`command=`, `verify-required`), `cert-authority` and
+//! unknown options skip the line (sshd refuses the last two as well).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -137,21 +138,38 @@ impl KeyOptions {
                     | "no-x11-forwarding",
                     None,
                 ) => {}
+                // As sshd: one `from=` only; the earliest `expiry-time=` counts.
+                ("from", Some(_)) if options.from.is_some() => {
+                    return Err("more than one from= option".into())
+                }
                 ("from", Some(value)) => options.from = Some(SourcePatterns::parse(&value)?),
                 ("expiry-time", Some(value)) => {
-                    options.expires_at = Some(parse_expiry_time(&value)?);
+                    let expiry = parse_expiry_time(&value)?;
+                    options.expires_at = Some(options.expires_at.map_or(expiry, |e| e.min(expiry)));
+                }
+                // Restrictions the builder cannot honour: a forced command (a key limited,
+                // or disabled, by `command="/bin/false"` must not become a push key) and
+                // FIDO user verification (russh does not check it).
+                ("command", Some(_)) => {
+                    return Err(
+                        "command= (a forced command) cannot be honoured by a git-only server"
+                            .into(),
+                    )
+                }
+                ("verify-required", None) => {
+                    return Err("verify-required (FIDO user verification) is not supported".into())
                 }
                 ("cert-authority", None) => {
                     return Err("cert-authority: SSH certificates are not supported".into())
                 }
+                // Options that only enable what the builder does not offer anyway.
                 (
-                    "command" | "environment" | "permitopen" | "permitlisten" | "principals"
-                    | "tunnel",
+                    "environment" | "permitopen" | "permitlisten" | "principals" | "tunnel",
                     Some(_),
                 )
                 | (
                     "agent-forwarding" | "port-forwarding" | "pty" | "user-rc" | "x11-forwarding"
-                    | "no-touch-required" | "verify-required",
+                    | "no-touch-required",
                     None,
                 ) => options.ignored.push(name.to_owned()),
                 _ => {
@@ -364,12 +382,17 @@ mod tests {
     #[test]
     fn options_are_parsed_like_sshd() {
         let key = one(&format!(
-            "no-pty,no-port-forwarding,restrict,command=\"echo \\\"hi, there\\\"\",from=\"127.0.0.1,!10.*\" {ED25519_LINE}"
+            "no-pty,no-port-forwarding,restrict,environment=\"A=\\\"hi, there\\\"\",from=\"127.0.0.1,!10.*\",expiry-time=\"20991231\",expiry-time=\"20200101\" {ED25519_LINE}"
         ))
         .unwrap();
         assert_eq!(key.fingerprint, ED25519_MD5);
         assert_eq!(key.username, "alice@example");
-        assert_eq!(key.ignored_options, vec!["command".to_owned()]);
+        assert_eq!(key.ignored_options, vec!["environment".to_owned()]);
+        assert_eq!(
+            key.expires_at,
+            Some(1_577_836_800),
+            "the earliest expiry counts"
+        );
         let from = key.from.unwrap();
         assert!(from.allows("127.0.0.1".parse().unwrap()));
         assert!(!from.allows("10.1.2.3".parse().unwrap()));
@@ -404,6 +427,9 @@ mod tests {
     fn bad_options_refuse_the_line() {
         for (options, problem) in [
             ("cert-authority", "certificates are not supported"),
+            ("command=\"/bin/false\"", "cannot be honoured"),
+            ("verify-required", "FIDO user verification"),
+            ("from=\"10.0.0.0/8\",from=\"*\"", "more than one from="),
             ("frobnicate", "bad option \"frobnicate\""),
             ("command=unquoted", "must be in double quotes"),
             ("command=\"open", "no closing quote"),
