@@ -54,6 +54,13 @@ impl Pipeline {
             network: self.settings.network.clone(),
             push_id: push.id.clone(),
         };
+        // The tag did not exist before this push (see `image_tag`): it goes if the push
+        // fails. Recorded before the build, which tags at its very end: a build stopped
+        // there (timeout, cancellation) must not leave the tag behind.
+        published.image(PublishedImage {
+            reference: reference.clone(),
+            registry: None,
+        });
         out.step(format!("Building Docker image {reference}")).await;
         let timeout = self.settings.timeout;
         let built = times
@@ -73,12 +80,6 @@ impl Pipeline {
         if let Err(error) = built {
             return Err(self.explain_failed_build(push, error).await);
         }
-        // The tag did not exist before this push (see `image_tag`): it goes if the push fails.
-        published.image(PublishedImage {
-            reference: reference.clone(),
-            registry: None,
-        });
-
         if let Some(registry) = &self.settings.registry {
             out.step(format!("Pushing {reference}")).await;
             let auth = registry_auth(registry);

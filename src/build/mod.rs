@@ -77,7 +77,16 @@ impl Stack {
                 let system = engine
                     .read_image_file(&settings.stack_image, SYSTEM_CA_BUNDLE, MAX_CA_BUNDLE_BYTES)
                     .await?
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| {
+                        // A stack without it (or with a link there) would trust only the
+                        // operator's CA: public registries then fail TLS in every build.
+                        tracing::warn!(
+                            image = %settings.stack_image,
+                            path = SYSTEM_CA_BUNDLE,
+                            "the stack image has no CA bundle file; builds trust only --build-ca-file"
+                        );
+                        Vec::new()
+                    });
                 let mut bundle = system;
                 if !bundle.is_empty() && !bundle.ends_with(b"\n") {
                     bundle.push(b'\n');
@@ -302,8 +311,8 @@ impl Pipeline {
         times.add(Stage::Source, source_started.elapsed());
 
         // The source tarball goes to storage while the build runs: neither needs the
-        // other, and both must succeed before the release (a failure drops the other,
-        // which cleans up as on cancellation).
+        // other, and both must succeed before the release. Both are waited for, even
+        // when one fails: a put dropped in flight could still land after the rollback.
         let store_source = times.time(Stage::Source, async {
             let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
             published.put(&keys.source, &mut source_tar).await?;
@@ -327,7 +336,9 @@ impl Pipeline {
             metrics::build_finished(kind, build_started.elapsed());
             built
         };
-        let ((), artifact) = tokio::try_join!(store_source, build)?;
+        let (stored, built) = tokio::join!(store_source, build);
+        let artifact = built?;
+        stored?;
         out.line("Build complete.").await;
         Ok(artifact)
     }

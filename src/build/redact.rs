@@ -60,19 +60,26 @@ impl super::Pipeline {
                 [&egress.http_proxy, &egress.https_proxy]
                     .into_iter()
                     .flatten()
-                    .filter_map(|proxy| proxy_password(proxy.expose())),
+                    .flat_map(|proxy| proxy_credentials(proxy.expose())),
             )
             .collect()
     }
 }
 
-/// The password of a proxy URL (`http://user:password@host`), which builds see in their
-/// environment and must never print.
-fn proxy_password(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    userinfo.split_once(':').map(|(_, password)| password)
+/// The credentials of a proxy URL, which builds see in their environment and must never
+/// print: the whole user info (`user:password`, or a token alone) and the password.
+fn proxy_credentials(url: &str) -> Vec<&str> {
+    let userinfo = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .map(|(userinfo, _)| userinfo);
+    let Some(userinfo) = userinfo else {
+        return Vec::new();
+    };
+    let mut found = vec![userinfo];
+    found.extend(userinfo.split_once(':').map(|(_, password)| password));
+    found
 }
 
 /// Replaces every occurrence of a secret in a byte stream with `[redacted]`. Bytes that may
