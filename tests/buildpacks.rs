@@ -666,3 +666,30 @@ fn submodules_are_part_of_the_build() {
         ));
     assert_eq!(builder.releases(&name).len(), 1, "nothing new is released");
 }
+
+/// A full commit id in `BUILDPACK_URL` (and a submodule pin) is exact: a branch named like
+/// the commit must not put another commit's code into the build.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn a_branch_named_like_the_requested_commit_is_refused() {
+    require_services!();
+    let server = StaticServer::start();
+    let repo = server.publish_buildpack_repo("lookalike", "versioned");
+    let wanted = repo.git(&["rev-parse", "HEAD"]);
+    repo.write("VERSION", "impostor\n");
+    repo.commit("not the commit asked for");
+    repo.git(&["branch", &wanted]);
+    repo.publish();
+
+    let (builder, key) = Builder::with_developer();
+    let app = App::from_fixture("multi");
+    let name = unique("lookalike");
+    let url = format!("{}#{wanted}", server.url("lookalike.git"));
+    set_app_config(&builder, &name, &[("BUILDPACK_URL", &url)]);
+    let pushed = app.push(&builder, &name, &key);
+    pushed
+        .assert_rejected()
+        .assert_says(&format!("not the commit {wanted} it was asked for"));
+    assert!(!pushed.output.contains("impostor"), "{}", pushed.output);
+    assert!(builder.releases(&name).is_empty());
+}

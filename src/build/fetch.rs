@@ -50,6 +50,12 @@ pub enum FetchError {
     BadRef { url: String, reference: String },
     #[error("fetching buildpack {url} took longer than {seconds}s and was stopped")]
     Timeout { url: String, seconds: u64 },
+    #[error("{url} served commit {served}, not the commit {wanted} it was asked for")]
+    WrongCommit {
+        url: String,
+        wanted: String,
+        served: String,
+    },
     #[error("buildpack {url} is not a buildpack: {reason}")]
     NotABuildpack { url: String, reason: String },
     #[error("buildpack {url} was refused: {reason}")]
@@ -68,6 +74,9 @@ impl FetchError {
             FetchError::BadRef { reference, .. } => format!("it has no commit {reference}"),
             FetchError::Timeout { seconds, .. } => {
                 format!("fetching took longer than {seconds}s and was stopped")
+            }
+            FetchError::WrongCommit { wanted, served, .. } => {
+                format!("it served commit {served}, not the commit {wanted} it was asked for")
             }
             FetchError::NotABuildpack { reason, .. } | FetchError::OverLimit { reason, .. } => {
                 reason.clone()
@@ -199,6 +208,11 @@ impl std::fmt::Display for BuildpackUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.shown())
     }
+}
+
+/// 40 hex digits: a full SHA-1 commit id.
+fn is_full_commit_id(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// `git@github.com:org/repo.git`: a user, a host, a colon and a path.
@@ -402,7 +416,19 @@ impl Fetcher {
                 .await?;
             }
         }
-        self.head(url, dest, workspace).await
+        let head = self.head(url, dest, workspace).await?;
+        // A full commit id is an exact request: a branch or tag named like it must not put
+        // other code into the build (the only anchor a submodule pin has).
+        if let Some(wanted) = url.reference.as_deref().filter(|r| is_full_commit_id(r)) {
+            if !head.eq_ignore_ascii_case(wanted) {
+                return Err(FetchError::WrongCommit {
+                    url: url.shown(),
+                    wanted: wanted.to_owned(),
+                    served: head,
+                });
+            }
+        }
+        Ok(head)
     }
 
     async fn head(
