@@ -238,15 +238,26 @@ fn write_config(builder: &Builder, app: &str, values: serde_json::Value) {
 /// A tiny image (busybox) living only in `upstream`, not in the local engine.
 fn upstream_image(upstream: &Registry, message: &str) -> String {
     let root = tempfile::tempdir().unwrap();
-    let bin = root.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    let reference = format!("{}/upstream/hello:1.0", upstream.host());
+    let change = format!("--change 'CMD [\"/bin/busybox\", \"echo\", \"{message}\"]'");
+    publish_upstream(upstream, root.path(), "hello", &change)
+}
+
+/// Imports the tree at `root` (with busybox added) as `upstream/<name>:1.0` and pushes it
+/// to `upstream` only; returns its reference.
+fn publish_upstream(
+    upstream: &Registry,
+    root: &std::path::Path,
+    name: &str,
+    change: &str,
+) -> String {
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let reference = format!("{}/upstream/{name}:1.0", upstream.host());
     let import = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "tar -C {} -c . | docker import --change 'CMD [\"/bin/busybox\", \"echo\", \"{message}\"]' - {reference}",
-            root.path().display()
+            "tar -C {} -c . | docker import {change} - {reference}",
+            root.display()
         ))
         .output()
         .unwrap();
@@ -388,35 +399,11 @@ fn images_are_imported_by_cli_and_http() {
 /// it), so pushing it anywhere takes a while through a throttled link.
 fn bulky_upstream_image(upstream: &Registry, mib: usize) -> String {
     let root = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(root.path().join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
     let mut random = vec![0u8; mib << 20];
     let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
     std::io::Read::read_exact(&mut urandom, &mut random).unwrap();
     std::fs::write(root.path().join("random.bin"), random).unwrap();
-    let reference = format!("{}/upstream/bulky:1.0", upstream.host());
-    let import = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tar -C {} -c . | docker import - {reference}",
-            root.path().display()
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        import.status.success(),
-        "{}",
-        String::from_utf8_lossy(&import.stderr)
-    );
-    let client = tempfile::tempdir().unwrap();
-    let push = upstream.docker(client.path(), &["push", &reference]);
-    assert!(
-        push.status.success(),
-        "{}",
-        String::from_utf8_lossy(&push.stderr)
-    );
-    let _ = Command::new("docker").args(["rmi", &reference]).output();
-    reference
+    publish_upstream(upstream, root.path(), "bulky", "")
 }
 
 /// SIGTERM while an import pushes: the import gets the grace period, then its push is
