@@ -30,8 +30,11 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn came_from(mut self, env: impl Into<String>) -> ConfigError {
-        self.env = Some(env.into());
+    /// Names the variable(s) the bad value came from, if it came from the environment.
+    fn came_from(mut self, env: Option<&str>) -> ConfigError {
+        if let Some(env) = env {
+            self.env = Some(env.to_owned());
+        }
         self
     }
 }
@@ -163,26 +166,17 @@ impl EgressSettings {
 
 impl std::fmt::Debug for EgressSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown =
-            |proxy: &Option<Secret>| proxy.as_ref().map(|p| without_credentials(p.expose()));
+        let shown = |proxy: &Option<Secret>| {
+            proxy
+                .as_ref()
+                .map(|p| crate::names::mask_url_credentials(p.expose()))
+        };
         f.debug_struct("EgressSettings")
             .field("ca_file", &self.ca.as_ref().map(|(path, _)| path))
             .field("http_proxy", &shown(&self.http_proxy))
             .field("https_proxy", &shown(&self.https_proxy))
             .field("no_proxy", &self.no_proxy)
             .finish()
-    }
-}
-
-/// `scheme://user:pass@host` → `scheme://***@host`, for logs and errors.
-fn without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
     }
 }
 
@@ -256,7 +250,7 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let from_env = std::mem::take(&mut args.from_env);
         Self::validate(args, env).map_err(|error| match from_env.get(error.setting) {
-            Some(variable) if error.env.is_none() => error.came_from(variable.as_str()),
+            Some(variable) if error.env.is_none() => error.came_from(Some(variable)),
             _ => error,
         })
     }
@@ -546,11 +540,7 @@ fn registry_settings(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
     if !valid {
-        let error = invalid("--registry", format!("{host:?} is not HOST:PORT"));
-        return Err(match origin {
-            Some(variables) => error.came_from(variables),
-            None => error,
-        });
+        return Err(invalid("--registry", format!("{host:?} is not HOST:PORT")).came_from(origin));
     }
     if username.is_some() != password.is_some() {
         return Err(invalid(
@@ -590,14 +580,11 @@ fn storage_settings(
         }
         if let Some((endpoint, origin)) = &endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                let error = invalid(
+                return Err(invalid(
                     "--s3-endpoint",
                     format!("{endpoint:?} is not an http(s) URL"),
-                );
-                return Err(match origin {
-                    Some(variable) => error.came_from(*variable),
-                    None => error,
-                });
+                )
+                .came_from(*origin));
             }
         }
         return Ok(StorageSettings::S3 {
@@ -644,7 +631,10 @@ fn proxy_url(setting: &'static str, url: String) -> Result<Secret, ConfigError> 
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(invalid(
             setting,
-            format!("{:?} is not an http(s) URL", without_credentials(&url)),
+            format!(
+                "{:?} is not an http(s) URL",
+                crate::names::mask_url_credentials(&url)
+            ),
         ));
     }
     Ok(Secret::new(url))

@@ -220,6 +220,19 @@ fn valid_path_component(component: &str) -> bool {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
 }
 
+/// `scheme://user:password@host/…` → `scheme://***@host/…`: a URL's user info is a
+/// credential (a password or token) and never goes into a message or a log.
+pub fn mask_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Shortens and escapes untrusted text before it goes into a message.
 pub fn printable(text: &str) -> String {
     let mut out: String = text
@@ -310,6 +323,18 @@ mod tests {
         assert!(select_commit(&[]).is_err());
         assert!(select_commit(&["garbage".into()]).is_err());
         assert!(select_commit(&[update("xyz", "refs/heads/master")]).is_err());
+    }
+
+    #[test]
+    fn url_user_info_is_masked_in_any_scheme() {
+        for (url, shown) in [
+            ("http://u:p@h:3128", "http://***@h:3128"),
+            ("socks5://token@h/x@y", "socks5://***@h/x@y"),
+            ("https://h/path@x", "https://h/path@x"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(mask_url_credentials(url), shown);
+        }
     }
 
     #[test]

@@ -76,11 +76,7 @@ impl Pipeline {
             .get(SSH_KEY)
             .map(|value| input::decode_ssh_key(value));
         let redactor = Redactor::for_build(config, ssh_key.as_deref(), &self.own_secrets());
-        let fetcher = Fetcher {
-            timeout: self.settings.fetch_timeout,
-            max_unpacked_bytes: self.settings.buildpack_max_bytes,
-            ssh_key: ssh_key.clone(),
-        };
+        let fetcher = Fetcher::new(&self.settings, ssh_key.clone());
         let buildpacks = self
             .fetch_buildpacks(push, config, &fetcher, &workspace, out)
             .await?;

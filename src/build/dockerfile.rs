@@ -167,13 +167,8 @@ impl Pipeline {
         }
         // Submodules are part of the context, as in a recursive checkout.
         let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
-        let fetcher = Fetcher {
-            timeout: self.settings.fetch_timeout,
-            max_unpacked_bytes: self.settings.buildpack_max_bytes,
-            ssh_key: config
-                .get(super::buildpack::SSH_KEY)
-                .map(|value| input::decode_ssh_key(value)),
-        };
+        let ssh_key = config.get(super::buildpack::SSH_KEY);
+        let fetcher = Fetcher::new(&self.settings, ssh_key.map(|v| input::decode_ssh_key(v)));
         let submodules =
             submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
         // The Dockerfile and .dockerignore always go to the engine, as with `docker build`.

@@ -315,6 +315,15 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
+    /// The fetcher of one push: the builder's limits, the app's `SSH_KEY` (decoded).
+    pub fn new(settings: &crate::config::BuildSettings, ssh_key: Option<String>) -> Fetcher {
+        Fetcher {
+            timeout: settings.fetch_timeout,
+            max_unpacked_bytes: settings.buildpack_max_bytes,
+            ssh_key,
+        }
+    }
+
     /// Fetches `url` into `workspace/<index>-<name>` and checks it has `bin/compile`.
     pub async fn fetch(
         &self,
@@ -755,19 +764,14 @@ fn unpack_refusal(url: &str, error: UnpackError) -> FetchError {
     }
 }
 
-/// HTTP user info (`user:password@`, `token@`) is a credential: it shows as `***@`.
+/// HTTP user info (`user:password@`, `token@`) is a credential: it shows as `***@`. An ssh
+/// user name (`git@host:…`, `ssh://git@…`) is not, and stays.
 pub(super) fn mask_credentials(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest))
-            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
-        {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
+        crate::names::mask_url_credentials(url)
+    } else {
+        url.to_owned()
     }
 }
 

@@ -74,7 +74,7 @@ impl Stack {
         let ca_bundle = match &settings.egress.ca {
             None => None,
             Some((_, extra)) => {
-                let system = engine
+                let mut bundle = engine
                     .read_image_file(&settings.stack_image, SYSTEM_CA_BUNDLE, MAX_CA_BUNDLE_BYTES)
                     .await?
                     .unwrap_or_else(|| {
@@ -87,7 +87,6 @@ impl Stack {
                         );
                         Vec::new()
                     });
-                let mut bundle = system;
                 if !bundle.is_empty() && !bundle.ends_with(b"\n") {
                     bundle.push(b'\n');
                 }

@@ -60,26 +60,10 @@ impl super::Pipeline {
                 [&egress.http_proxy, &egress.https_proxy]
                     .into_iter()
                     .flatten()
-                    .flat_map(|proxy| proxy_credentials(proxy.expose())),
+                    .flat_map(|proxy| url_credentials(proxy.expose())),
             )
             .collect()
     }
-}
-
-/// The credentials of a proxy URL, which builds see in their environment and must never
-/// print: the whole user info (`user:password`, or a token alone) and the password.
-fn proxy_credentials(url: &str) -> Vec<&str> {
-    let userinfo = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .map(|(userinfo, _)| userinfo);
-    let Some(userinfo) = userinfo else {
-        return Vec::new();
-    };
-    let mut found = vec![userinfo];
-    found.extend(userinfo.split_once(':').map(|(_, password)| password));
-    found
 }
 
 /// Replaces every occurrence of a secret in a byte stream with `[redacted]`. Bytes that may
@@ -122,7 +106,7 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// `user:password` (or `token`) of each `scheme://userinfo@` in `text`.
-fn url_credentials(text: &str) -> Vec<String> {
+fn url_credentials(text: &str) -> Vec<&str> {
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find("://") {
@@ -131,10 +115,10 @@ fn url_credentials(text: &str) -> Vec<String> {
             .find(|c: char| c == '/' || c == '#' || c == '?' || c.is_whitespace())
             .unwrap_or(after.len());
         if let Some((userinfo, _host)) = after[..authority_end].rsplit_once('@') {
-            found.push(userinfo.to_owned());
+            found.push(userinfo);
             // The user name alone is not secret (and often a common word like `deploy`).
             if let Some((_user, password)) = userinfo.split_once(':') {
-                found.push(password.to_owned());
+                found.push(password);
             }
         }
         rest = after;
@@ -195,7 +179,7 @@ impl Redactor {
                         .map(str::to_owned),
                 );
             }
-            secrets.extend(url_credentials(value));
+            secrets.extend(url_credentials(value).into_iter().map(str::to_owned));
         }
         secrets.extend(
             own.iter()

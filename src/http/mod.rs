@@ -128,6 +128,9 @@ fn detail(status: StatusCode, message: impl Into<String>) -> Reply {
 /// Most output an import reply carries; the rest is cut (the log has it all).
 const MAX_IMPORT_OUTPUT: usize = 256 * 1024;
 
+/// What an import arriving while the builder drains answers (503).
+const DRAINING: &str = "the builder is restarting; try again in a moment";
+
 /// What an import stopped by the shutdown answers (503).
 pub const IMPORT_RESTARTING: &str =
     "the builder is restarting: this import was not deployed; try again in a minute";
@@ -159,10 +162,7 @@ async fn import(
         Err(message) => return detail(StatusCode::BAD_REQUEST, message),
     };
     if imports.draining.is_cancelled() {
-        return detail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the builder is restarting; try again in a moment",
-        );
+        return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING);
     }
     let Some(lock) = imports.locks.try_lock(&request.app) else {
         return detail(
@@ -182,12 +182,7 @@ async fn import(
     // A caller that hangs up while waiting leaves the line (axum drops this future).
     let slot = tokio::select! {
         slot = imports.builds.acquire_telling(&out) => slot,
-        () = imports.draining.cancelled() => {
-            return detail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the builder is restarting; try again in a moment",
-            );
-        }
+        () = imports.draining.cancelled() => return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING),
     };
     // Its own task, tracked like a push: shutdown waits for it through the grace period
     // (then cancels it), and a caller hanging up cannot drop it half-way, tags and all.
