@@ -21,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deis_builder::slug::{pack, PackOptions, SlugIgnore};
+use deis_slug::{pack, PackOptions, SlugIgnore};
 
 type Error = Box<dyn std::error::Error>;
 

@@ -27,8 +27,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use deis_builder::slug::{pack, PackOptions, SlugIgnore};
-use deis_builder::storage::{ObjectStore, S3Settings, S3Store};
+use deis_slug::{pack, PackOptions, SlugIgnore};
+use deis_storage::{ObjectStore, S3Settings, S3Store};
 
 type Error = Box<dyn std::error::Error>;
 

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::ServeArgs;
+pub use deis_frontdoor::LimitSettings;
+pub use deis_pipeline::settings::{BuildSettings, EgressSettings, RegistrySettings};
+pub use deis_types::units::{format_duration, format_size};
+pub use deis_types::Secret;
 
 /// `invalid setting --max-builds: "abc" is not a whole number of at least 1 (from env
 /// DEIS_BUILDER_MAX_BUILDS)`: the setting as a flag, and the variable when the value came
@@ -47,34 +51,6 @@ fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A secret setting (the builder key, the registry password). `Debug` and `Display` show
-/// `[redacted]`, so settings can be logged whole; [`Secret::expose`] gives the value to the
-/// one place that sends it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
     Local(PathBuf),
@@ -101,122 +77,6 @@ pub enum ControllerSettings {
 pub enum LogFormat {
     Human,
     Json,
-}
-
-/// Limits and placement of build containers.
-#[derive(Debug, Clone)]
-pub struct BuildSettings {
-    pub stack_image: String,
-    /// Where images go; `None` keeps them in the local engine.
-    pub registry: Option<RegistrySettings>,
-    pub network: String,
-    pub memory_bytes: i64,
-    pub pids_limit: i64,
-    pub timeout: Duration,
-    /// Compressed slug size that gets a warning.
-    pub slug_warn_bytes: u64,
-    /// Compressed slug size above which the push is refused.
-    pub slug_max_bytes: u64,
-    /// Per-buildpack limit for fetching BUILDPACK_URL / `.buildpacks` entries.
-    pub fetch_timeout: Duration,
-    /// Most a fetched buildpack tarball may unpack to (sum of its file sizes).
-    pub buildpack_max_bytes: u64,
-    /// Where pushes keep private workspaces (fetched buildpacks, the cache archive):
-    /// `DATA_DIR/tmp`, emptied by the start-up sweep after a crash.
-    pub work_dir: PathBuf,
-    /// `--stack-name`; unset, the stack image's label names the stack.
-    pub stack_name: Option<String>,
-    /// What builds get to reach package registries through a corporate network.
-    pub egress: EgressSettings,
-}
-
-/// Extra trust and proxies for builds. `Debug` shows proxy URLs without credentials.
-#[derive(Clone, Default)]
-pub struct EgressSettings {
-    /// `--build-ca-file` and its PEM text, checked at start-up.
-    pub ca: Option<(PathBuf, String)>,
-    pub http_proxy: Option<Secret>,
-    pub https_proxy: Option<Secret>,
-    pub no_proxy: Option<String>,
-}
-
-impl EgressSettings {
-    /// The proxy variables of a build's environment, both spellings as tools differ.
-    pub fn proxy_env(&self) -> Vec<(&'static str, &str)> {
-        let pairs = [
-            (
-                "HTTP_PROXY",
-                "http_proxy",
-                self.http_proxy.as_ref().map(Secret::expose),
-            ),
-            (
-                "HTTPS_PROXY",
-                "https_proxy",
-                self.https_proxy.as_ref().map(Secret::expose),
-            ),
-            ("NO_PROXY", "no_proxy", self.no_proxy.as_deref()),
-        ];
-        pairs
-            .into_iter()
-            .filter_map(|(upper, lower, value)| Some([(upper, value?), (lower, value?)]))
-            .flatten()
-            .collect()
-    }
-}
-
-impl std::fmt::Debug for EgressSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = |proxy: &Option<Secret>| {
-            proxy
-                .as_ref()
-                .map(|p| crate::names::mask_url_credentials(p.expose()))
-        };
-        f.debug_struct("EgressSettings")
-            .field("ca_file", &self.ca.as_ref().map(|(path, _)| path))
-            .field("http_proxy", &shown(&self.http_proxy))
-            .field("https_proxy", &shown(&self.https_proxy))
-            .field("no_proxy", &self.no_proxy)
-            .finish()
-    }
-}
-
-/// The private registry. `Debug` says whether credentials are set, never what they are
-/// (the user name is half of the credential, so it is not shown either).
-#[derive(Clone)]
-pub struct RegistrySettings {
-    /// `host:port`
-    pub host: String,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-}
-
-impl std::fmt::Debug for RegistrySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistrySettings")
-            .field("host", &self.host)
-            .field("username", &self.username.as_ref().map(|_| Secret::new("")))
-            .field("password", &self.password)
-            .finish()
-    }
-}
-
-/// Limits of the SSH front door, of pushes and of shutdown.
-#[derive(Debug, Clone)]
-pub struct LimitSettings {
-    /// Builds (and image imports) that run at once; the rest wait in line.
-    pub max_builds: usize,
-    pub max_connections: usize,
-    /// Unauthenticated SSH connections are dropped after this.
-    pub login_timeout: Duration,
-    /// SSH connections with no traffic (keepalive answers included) are closed after this.
-    pub idle_timeout: Duration,
-    pub max_auth_attempts: usize,
-    /// Bytes one `git push` may send.
-    pub max_push_bytes: u64,
-    /// How long a push waits for the app's running push; zero refuses at once.
-    pub lock_wait: Duration,
-    /// How long running builds get after SIGTERM.
-    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -633,7 +493,7 @@ fn proxy_url(setting: &'static str, url: String) -> Result<Secret, ConfigError> 
             setting,
             format!(
                 "{:?} is not an http(s) URL",
-                crate::names::mask_url_credentials(&url)
+                deis_types::names::mask_url_credentials(&url)
             ),
         ));
     }
@@ -642,12 +502,7 @@ fn proxy_url(setting: &'static str, url: String) -> Result<Secret, ConfigError> 
 
 /// A stack name as buildpacks compare it: letters, digits, `-`, `_`, `.`.
 pub fn stack_name(setting: &'static str, name: String) -> Result<String, ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if deis_types::names::is_stack_name(&name) {
         Ok(name)
     } else {
         Err(invalid(
@@ -704,28 +559,6 @@ fn parse_switch(setting: &'static str, value: &str) -> Result<bool, ConfigError>
             setting,
             format!("{value:?} is not a switch: use true/false, yes/no, on/off or 1/0"),
         )),
-    }
-}
-
-/// Short human form of a duration, as settings are written: `90s`, `15m`, `2h`.
-pub fn format_duration(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    match secs {
-        0 => format!("{}ms", duration.as_millis()),
-        s if s % 3600 == 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
-/// A byte count as sizes are written in settings: `1g`, `300m`, `512k`, `1000 bytes`.
-pub fn format_size(bytes: u64) -> String {
-    match bytes {
-        0 => "0 bytes".to_owned(),
-        b if b % (1 << 30) == 0 => format!("{}g", b >> 30),
-        b if b % (1 << 20) == 0 => format!("{}m", b >> 20),
-        b if b % (1 << 10) == 0 => format!("{}k", b >> 10),
-        b => format!("{b} bytes"),
     }
 }
 

@@ -1,18 +1,8 @@
-//! deis-builder: a git-push builder and slug pipeline. See ARCHITECTURE.md for the map.
+//! deis-builder, the binary's library half: command line, settings, wiring and the HTTP
+//! endpoints. The pieces it wires live in the workspace crates under `crates/`; see
+//! ARCHITECTURE.md for the map.
 
-pub mod build;
 pub mod cli;
 pub mod config;
-pub mod controller;
-pub mod engine;
-pub mod git;
 pub mod http;
-pub mod metrics;
-pub mod names;
-pub mod pipe;
-pub mod push;
 pub mod server;
-pub mod slug;
-pub mod ssh;
-pub mod storage;
-pub mod sweep;

@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_with_sources();
     let outcome = match cli.command {
         Command::Hook => {
-            return ExitCode::from(u8::try_from(deis_builder::git::hook::run_hook()).unwrap_or(1))
+            return ExitCode::from(u8::try_from(deis_frontdoor::git::hook::run_hook()).unwrap_or(1))
         }
         Command::Pull(args) => {
             let PullArgs { import, serve } = *args;
@@ -69,7 +69,7 @@ fn settings(args: deis_builder::cli::ServeArgs, server_logs: bool) -> Result<Set
 
 /// `deis-builder purge-cache APP`: deletes the app's build cache objects.
 async fn purge_cache(settings: Settings, app: String) -> anyhow::Result<()> {
-    let app = deis_builder::names::AppName::parse(&app)?;
+    let app = deis_types::names::AppName::parse(&app)?;
     // Opening a local store creates it: a mistyped data dir must not get one.
     if let deis_builder::config::StorageSettings::Local(dir) = &settings.storage {
         if !dir.is_dir() {
@@ -81,7 +81,7 @@ async fn purge_cache(settings: Settings, app: String) -> anyhow::Result<()> {
         }
     }
     let store = deis_builder::server::store(&settings).await?;
-    if deis_builder::build::cache::purge(store.as_ref(), &app).await? {
+    if deis_pipeline::cache::purge(store.as_ref(), &app).await? {
         println!("Build cache of {app} purged ({}).", store.describe());
     } else {
         println!("No build cache for {app} ({}).", store.describe());

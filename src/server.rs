@@ -11,17 +11,17 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::build::queue::BuildQueue;
-use crate::build::{ImportRequest, Pipeline, Stack};
 use crate::cli::ImportArgs;
 use crate::config::{ControllerSettings, Settings, StorageSettings};
-use crate::controller::{Controller, DeisController, StandaloneController};
-use crate::engine::Engine;
-use crate::git::{GitServer, PushLimits};
-use crate::names::{AppName, ImageRef};
-use crate::slug::ProcessTypes;
-use crate::ssh::SshServer;
-use crate::storage::{LocalStore, ObjectStore, S3Settings, S3Store};
+use deis_controller::{Controller, DeisController, StandaloneController};
+use deis_executor::Engine;
+use deis_frontdoor::admission::{Admission, Shutdown};
+use deis_frontdoor::git::{GitServer, PushLimits};
+use deis_frontdoor::ssh::SshServer;
+use deis_pipeline::{ImportRequest, Pipeline, Stack};
+use deis_slug::ProcessTypes;
+use deis_storage::{LocalStore, ObjectStore, S3Settings, S3Store};
+use deis_types::names::{AppName, ImageRef};
 
 /// How long cancelled pushes get to clean up after the grace period.
 const CLEANUP_GRACE: Duration = Duration::from_secs(15);
@@ -42,7 +42,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let final_engine = engine.clone();
 
     let default_key = settings.host_keys == [settings.data_dir.join("ssh_host_ed25519_key")];
-    let host_keys = crate::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
+    let host_keys = deis_frontdoor::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
 
     let run_dir = data_dir.join("run");
     std::fs::create_dir_all(&run_dir).context("cannot create run dir")?;
@@ -52,7 +52,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         UnixListener::bind(&socket).with_context(|| format!("cannot bind {}", socket.display()))?;
     restrict(&socket)?;
     let exe = std::env::current_exe().context("cannot locate own executable")?;
-    let git = GitServer::new(data_dir.join("repos"), socket, exe);
 
     let ssh_listener = TcpListener::bind(settings.ssh_addr)
         .await
@@ -70,20 +69,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
     // Two stages: `stop_accepting` closes the doors; `abort` cancels what still runs
     // once the grace period is over.
-    let stop_accepting = CancellationToken::new();
-    let abort = CancellationToken::new();
+    let shutdown = Shutdown::default();
+    let (stop_accepting, abort) = (shutdown.draining.clone(), shutdown.abort.clone());
     let tracker = TaskTracker::new();
     let limits = &settings.limits;
-    let git = git
-        .with_limits(PushLimits {
+    let admission = Admission::new(limits.max_builds, shutdown);
+    let git = GitServer::new(data_dir.join("repos"), socket, exe, admission.clone()).with_limits(
+        PushLimits {
             max_push_bytes: limits.max_push_bytes,
             lock_wait: limits.lock_wait,
-        })
-        .with_shutdown(stop_accepting.clone(), abort.clone());
-    let builds = BuildQueue::new(limits.max_builds);
+        },
+    );
 
     tracing::info!(
-        ssh = %crate::ssh::describe_listener(ssh_listener.local_addr()?),
+        ssh = %deis_frontdoor::ssh::describe_listener(ssh_listener.local_addr()?),
         http = %http_listener.local_addr()?,
         controller = %controller.describe(),
         storage = %store.describe(),
@@ -95,7 +94,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
 
     let ssh = SshServer {
-        config: Arc::new(crate::ssh::server_config(host_keys, limits)),
+        config: Arc::new(deis_frontdoor::ssh::server_config(host_keys, limits)),
         controller: controller.clone(),
         git: git.clone(),
         max_connections: limits.max_connections,
@@ -110,12 +109,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ssh_listening: ssh_listening.clone(),
     };
     let imports = crate::http::Imports {
-        draining: stop_accepting.clone(),
-        abort: abort.clone(),
+        admission,
         tasks: tracker.clone(),
         pipeline: pipeline.clone(),
-        locks: git.locks().clone(),
-        builds: builds.clone(),
         builder_key: settings
             .builder_key
             .as_ref()
@@ -124,11 +120,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // The hook socket stays open until the end: running pushes still need it, and pushes
     // that arrive during shutdown are told the builder is restarting.
     let close_hooks = CancellationToken::new();
-    let hooks = tokio::spawn(crate::git::hook::serve(
+    let hooks = tokio::spawn(deis_frontdoor::git::hook::serve(
         hook_listener,
         git,
         pipeline,
-        builds,
         close_hooks.clone(),
         tracker.clone(),
     ));
@@ -206,14 +201,14 @@ async fn sweep_leftovers(
         .sweep()
         .await
         .context("sweeping leftover containers")?;
-    crate::metrics::containers_swept(containers.len());
+    deis_metrics::containers_swept(containers.len());
     if !containers.is_empty() {
         tracing::warn!(kind = "containers", count = containers.len(), ids = ?containers, "removed containers left by a previous run");
     }
     // Images are a nicety: an engine that cannot list them must not stop the start.
     match engine.sweep_images().await {
         Ok(images) => {
-            crate::metrics::images_swept(images.len());
+            deis_metrics::images_swept(images.len());
             if !images.is_empty() {
                 tracing::warn!(kind = "images", count = images.len(), ids = ?images, "removed images left by a previous run");
             }
@@ -225,12 +220,12 @@ async fn sweep_leftovers(
             .canonicalize()
             .ok()
             .filter(|dir| dir.starts_with(data_dir))
-            .map(|dir| dir.join(crate::storage::LOCAL_TEMP_DIR)),
+            .map(|dir| dir.join(deis_storage::LOCAL_TEMP_DIR)),
         StorageSettings::S3 { .. } => None,
     };
     let (data, work) = (data_dir.to_owned(), settings.build.work_dir.clone());
     let disk = tokio::task::spawn_blocking(move || {
-        crate::sweep::sweep_data_dir(&data, &work, storage_temp.as_deref())
+        deis_frontdoor::sweep::sweep_data_dir(&data, &work, storage_temp.as_deref())
     })
     .await
     .context("start-up sweep")?;
@@ -278,7 +273,7 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                crate::slug::parse_procfile(&text)?
+                deis_slug::parse_procfile(&text)?
             }
             None => ProcessTypes::default(),
         },
@@ -297,7 +292,7 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
         // An import runs no build: it needs neither the stack nor the build network.
         stack: Stack::for_imports_only(),
     };
-    let (out, mut rx) = crate::push::Output::channel(64);
+    let (out, mut rx) = deis_pipeline::push::Output::channel(64);
     let printer = tokio::spawn(async move {
         use std::io::Write;
         while let Some(chunk) = rx.recv().await {

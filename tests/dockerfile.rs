@@ -5,8 +5,8 @@ mod util;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use deis_controller_double::{ControllerDouble, DoubleUser};
 use serde_json::json;
-use util::controller_double::{ControllerDouble, DoubleUser};
 use util::proxy::{Fault, FaultProxy};
 use util::registry::Registry;
 use util::*;

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use deis_controller_double::{ControllerDouble, DoubleUser};
 use serde_json::{json, Value};
-use util::controller_double::{ControllerDouble, DoubleUser};
 use util::proxy::{Fault, FaultProxy};
 use util::registry::Registry;
 use util::*;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use deis_controller_double::{ControllerDouble, DoubleUser};
 use serde_json::Value;
-use util::controller_double::{ControllerDouble, DoubleUser};
 use util::*;
 
 fn metrics(builder: &Builder) -> String {

@@ -5,8 +5,8 @@ mod util;
 
 use std::time::Duration;
 
+use deis_controller_double::{ControllerDouble, DoubleUser};
 use serde_json::json;
-use util::controller_double::{ControllerDouble, DoubleUser};
 use util::*;
 
 #[test]

@@ -14,8 +14,8 @@ mod util;
 use std::process::Command;
 
 use base64::Engine as _;
+use deis_controller_double::{ControllerDouble, DoubleUser};
 use serde_json::{json, Value};
-use util::controller_double::{ControllerDouble, DoubleUser};
 use util::registry::Registry;
 use util::*;
 

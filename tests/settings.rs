@@ -6,7 +6,7 @@ mod util;
 
 use std::process::{Command, Output};
 
-use util::controller_double::{ControllerDouble, DoubleUser};
+use deis_controller_double::{ControllerDouble, DoubleUser};
 use util::*;
 
 /// Runs `deis-builder ARGS` with `env` on top of a clean builder environment.

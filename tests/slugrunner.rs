@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deis_builder::slug::{self, PackOptions, SlugIgnore, SlugLayout, UnpackError, UnpackOptions};
+use deis_slug::{self as slug, PackOptions, SlugIgnore, SlugLayout, UnpackError, UnpackOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use util::*;

@@ -7,29 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// The parsing module refers to `super::values`, `super::User` and `super::AppConfig`:
-// here they sit at the crate root, and the rest of the controller module (HTTP client,
-// standalone controller) is left out.
-#[path = "../../src/controller/reply.rs"]
-mod reply;
-#[path = "../../src/controller/values.rs"]
-#[allow(dead_code)]
-mod values;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub username: String,
-    pub apps: Option<Vec<String>>,
-    /// Never set from a controller reply.
-    pub from: Option<()>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AppConfig {
-    pub values: std::collections::BTreeMap<String, String>,
-}
-
-use reply::{parse_config, parse_release_version, parse_user, reply_detail};
+use deis_controller::reply::{parse_config, parse_release_version, parse_user, reply_detail};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(user) = parse_user(data) {

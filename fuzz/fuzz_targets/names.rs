@@ -5,11 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/names.rs"]
-#[allow(dead_code)]
-mod names;
-
-use names::{select_commit, AppName, CommitId, ImageRef, MAX_APP_NAME_LEN};
+use deis_types::names::{select_commit, AppName, CommitId, ImageRef, MAX_APP_NAME_LEN};
 
 fn check_app_name(text: &str) {
     if let Ok(app) = AppName::parse(text) {

@@ -5,11 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/slug/procfile.rs"]
-#[allow(dead_code)]
-mod procfile;
-
-use procfile::{parse_procfile, parse_release_process_types, validate_process_type, ProcessTypes};
+use deis_slug::{parse_procfile, parse_release_process_types, validate_process_type, ProcessTypes};
 
 fn check(types: &ProcessTypes) {
     for name in types.names() {

@@ -5,11 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/slug/ignore.rs"]
-#[allow(dead_code)]
-mod ignore;
-
-use ignore::SlugIgnore;
+use deis_slug::SlugIgnore;
 
 /// `/` + the path with every character of each component escaped.
 fn literal_pattern(path: &str) -> String {

@@ -5,15 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/names.rs"]
-#[allow(dead_code)]
-mod names;
-
-#[path = "../../src/ssh/command.rs"]
-#[allow(dead_code)]
-mod command;
-
-use command::{parse, GitService};
+use deis_types::command::{parse, GitService};
+use deis_types::names;
 
 fuzz_target!(|data: &[u8]| {
     match parse(data) {

@@ -4,11 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-// The module is self-contained (flate2, tar, thiserror), so it is compiled here directly
-// rather than through the whole builder library.
-#[path = "../../src/slug/unpack.rs"]
-#[allow(dead_code)]
-mod unpack;
+use deis_slug as unpack;
 
 fuzz_target!(|data: &[u8]| {
     let sandbox = tempfile::tempdir().expect("temporary directory");

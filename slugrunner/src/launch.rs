@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use deis_builder::slug::{self, ProcessTypes};
+use deis_slug::{self as slug, ProcessTypes};
 
 use crate::RunnerError;
 

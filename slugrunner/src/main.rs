@@ -22,7 +22,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use deis_builder::slug::{self, ProcfileError, ReleaseError, UnpackError, UnpackOptions};
+use deis_slug::{self as slug, ProcfileError, ReleaseError, UnpackError, UnpackOptions};
 
 use crate::launch::{Invocation, Launch};
 use crate::source::SlugSource;

@@ -6,7 +6,7 @@ use std::io::{self, Read, Seek, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deis_builder::storage::{ObjectStore, S3Settings, S3Store};
+use deis_storage::{ObjectStore, S3Settings, S3Store};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 

@@ -20,16 +20,15 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::build::queue::BuildQueue;
-use crate::build::{BuildError, ImportRequest, Pipeline};
-use crate::controller::Controller;
-use crate::engine::Engine;
-use crate::git::lock::AppLocks;
-use crate::metrics::BuildKind;
-use crate::names::{AppName, ImageRef};
-use crate::push::Output;
-use crate::slug::ProcessTypes;
-use crate::storage::ObjectStore;
+use deis_controller::Controller;
+use deis_executor::Engine;
+use deis_frontdoor::admission::{Admission, Refusal};
+use deis_metrics::BuildKind;
+use deis_pipeline::push::Output;
+use deis_pipeline::{BuildError, ImportRequest, Pipeline};
+use deis_slug::ProcessTypes;
+use deis_storage::ObjectStore;
+use deis_types::names::{AppName, ImageRef};
 
 #[derive(Clone)]
 pub struct Health {
@@ -47,16 +46,12 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the import endpoint needs.
 #[derive(Clone)]
 pub struct Imports {
-    /// Fires on SIGTERM: new imports are refused, like new pushes.
-    pub draining: CancellationToken,
-    /// Fires when the grace period is over: running imports are stopped and rolled back.
-    pub abort: CancellationToken,
+    /// Imports take the app's lock and a build slot like pushes do, are refused while
+    /// the builder drains and are cancelled when the grace period ends.
+    pub admission: Admission,
     /// The server's tracker of running work: shutdown waits for imports like for pushes.
     pub tasks: TaskTracker,
     pub pipeline: Arc<Pipeline>,
-    pub locks: AppLocks,
-    /// Imports take a build slot like pushes do.
-    pub builds: BuildQueue,
     /// `None` turns the endpoint off.
     pub builder_key: Option<String>,
 }
@@ -100,7 +95,7 @@ async fn metrics() -> ([(header::HeaderName, &'static str); 1], String) {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::render(),
+        deis_metrics::render(),
     )
 }
 
@@ -161,14 +156,16 @@ async fn import(
         Ok(request) => request,
         Err(message) => return detail(StatusCode::BAD_REQUEST, message),
     };
-    if imports.draining.is_cancelled() {
-        return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING);
-    }
-    let Some(lock) = imports.locks.try_lock(&request.app) else {
-        return detail(
-            StatusCode::CONFLICT,
-            format!("another push to {} is in progress", request.app),
-        );
+    let admission = &imports.admission;
+    let lock = match admission.try_lock(&request.app) {
+        Ok(lock) => lock,
+        Err(Refusal::Busy) => {
+            return detail(
+                StatusCode::CONFLICT,
+                format!("another push to {} is in progress", request.app),
+            )
+        }
+        Err(_) => return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING),
     };
     let (out, mut rx) = Output::channel(64);
     let collector = tokio::spawn(async move {
@@ -180,20 +177,22 @@ async fn import(
         String::from_utf8_lossy(&log).into_owned()
     });
     // A caller that hangs up while waiting leaves the line (axum drops this future).
-    let slot = tokio::select! {
-        slot = imports.builds.acquire_telling(&out) => slot,
-        () = imports.draining.cancelled() => return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING),
+    let cancel = CancellationToken::new();
+    let Ok(slot) = admission.slot(&out, &cancel).await else {
+        return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING);
     };
     // Its own task, tracked like a push: shutdown waits for it through the grace period
     // (then cancels it), and a caller hanging up cannot drop it half-way, tags and all.
     let pipeline = imports.pipeline.clone();
-    let abort = imports.abort.clone();
+    let admission = admission.clone();
     let app = request.app.clone();
     let task = imports.tasks.spawn(async move {
         let _held = (lock, slot);
         let started = Instant::now();
-        let result = pipeline.import(&request, &out, &abort).await;
-        crate::metrics::build_finished(BuildKind::Import, started.elapsed());
+        let result = admission
+            .run(&cancel, pipeline.import(&request, &out, &cancel))
+            .await;
+        deis_metrics::build_finished(BuildKind::Import, started.elapsed());
         result
     });
     let result = task.await;
@@ -235,7 +234,7 @@ async fn import(
 /// an outage of the controller, engine, storage or registry is 502/503, so the caller
 /// knows to retry; anything else (a bad or missing image) is 422.
 fn import_failure_status(error: &BuildError) -> StatusCode {
-    use crate::engine::EngineError;
+    use deis_executor::EngineError;
     match error {
         BuildError::Controller(e) if e.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
         BuildError::Controller(e) => e
@@ -257,7 +256,7 @@ fn parse_import(body: &[u8]) -> Result<ImportRequest, String> {
     let app = AppName::parse(&body.app).map_err(|e| e.to_string())?;
     let image = ImageRef::parse(&body.image).map_err(|e| e.to_string())?;
     for name in body.procfile.keys() {
-        crate::slug::validate_process_type(name).map_err(|e| format!("procfile: {e}"))?;
+        deis_slug::validate_process_type(name).map_err(|e| format!("procfile: {e}"))?;
     }
     let source_credentials = match (body.username, body.password) {
         (Some(username), Some(password)) => Some((username, crate::config::Secret::new(password))),
@@ -367,8 +366,8 @@ mod tests {
         );
         assert_eq!(body["checks"]["ssh"], "ok");
     }
-    use crate::controller::ControllerError;
-    use crate::engine::EngineError;
+    use deis_controller::ControllerError;
+    use deis_executor::EngineError;
 
     #[test]
     fn import_failures_tell_outages_from_refusals() {

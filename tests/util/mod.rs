@@ -7,7 +7,6 @@
 //! the test when it is run without them.
 #![allow(dead_code)]
 
-pub mod controller_double;
 pub mod proxy;
 pub mod registry;
 

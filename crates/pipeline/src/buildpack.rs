@@ -1,0 +1,542 @@
+//! Buildpack builds: the app runs through buildpacks (the built-in ones, or those named by
+//! `BUILDPACK_URL` / `.buildpacks`, fetched on the host) in an ephemeral container, with the
+//! app's build cache restored into CACHE_DIR; `/app` comes out as a slug.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::cache::{self, Restore, RestoredCache, Saved};
+use super::fetch::{self, BuildpackUrl, FetchedBuildpack, Fetcher, UrlKind, Workspace};
+use super::redact::{RedactedOutput, Redactor};
+use super::submodule::{self, FetchedSubmodule};
+use super::timing::{Stage, StageTimes};
+use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published};
+use crate::push::{Output, Push};
+use deis_executor::{BuildContainer, BuildContainerSpec, EngineError};
+use deis_slug::{self as slug, PackOptions, ProcessTypes, SlugIgnore};
+use deis_types::pipe::ByteStream;
+
+/// Largest `.slugignore` we read.
+const MAX_SLUGIGNORE: usize = 64 * 1024;
+/// Largest `.buildpacks` we read.
+const MAX_BUILDPACKS_FILE: usize = 64 * 1024;
+
+/// App config: use exactly this buildpack (`url#ref`).
+pub const BUILDPACK_URL: &str = "BUILDPACK_URL";
+/// App config: present means "delete the cache and build without one".
+pub const DISABLE_CACHE: &str = "DEIS_DISABLE_CACHE";
+/// App config: private key (base64 or plain) for private buildpacks and dependencies.
+pub const SSH_KEY: &str = "SSH_KEY";
+
+/// What the input archive gets besides source and config, owned so it can move into the
+/// blocking writer.
+#[derive(Debug, Default)]
+struct BuildInputs {
+    cache: Option<PathBuf>,
+    buildpacks: Option<Vec<FetchedBuildpack>>,
+    ssh_key: Option<String>,
+    ca_bundle: Option<std::sync::Arc<[u8]>>,
+    submodules: Vec<FetchedSubmodule>,
+}
+
+impl Pipeline {
+    /// Compiles the app in a build container and stores its slug and Procfile.
+    pub(super) async fn buildpack_build(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        out: &Output,
+        published: &Published,
+        keys: &Keys,
+        times: &StageTimes,
+    ) -> Result<Artifact, BuildError> {
+        let prepare_started = std::time::Instant::now();
+        let ignore = match push
+            .source
+            .read_file(&push.commit, ".slugignore", MAX_SLUGIGNORE)
+            .await?
+        {
+            Some(text) => SlugIgnore::parse(&String::from_utf8_lossy(&text)),
+            None => SlugIgnore::empty(),
+        };
+        for warning in ignore.warnings() {
+            out.error(format!("Warning: {warning}")).await;
+        }
+
+        // Removed (with everything fetched or downloaded into it) when the build ends.
+        let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
+        let ssh_key = config
+            .get(SSH_KEY)
+            .map(|value| input::decode_ssh_key(value));
+        let redactor = Redactor::for_build(config, ssh_key.as_deref(), &self.own_secrets());
+        let fetcher = Fetcher::new(&self.settings, ssh_key.clone());
+        let buildpacks = self
+            .fetch_buildpacks(push, config, &fetcher, &workspace, out)
+            .await?;
+        let submodules =
+            submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
+        let cache_enabled = !config.contains_key(DISABLE_CACHE);
+        let restored = if cache_enabled {
+            self.restore_cache(push, &workspace, out).await
+        } else {
+            if let Err(error) = cache::purge(self.store.as_ref(), &push.app).await {
+                tracing::warn!(%error, "cannot delete the build cache");
+            }
+            out.step(format!(
+                "Cache disabled by {DISABLE_CACHE}: building without one"
+            ))
+            .await;
+            None
+        };
+        times.add(Stage::Prepare, prepare_started.elapsed());
+
+        let container = times
+            .time(
+                Stage::Container,
+                self.engine
+                    .create_build_container(&self.container_spec(push, buildpacks.as_deref())),
+            )
+            .await?;
+        let inputs = BuildInputs {
+            cache: restored.as_ref().map(|r| r.path.clone()),
+            buildpacks,
+            ssh_key,
+            ca_bundle: self.stack.ca_bundle.clone(),
+            submodules,
+        };
+        let started = times
+            .time(
+                Stage::Container,
+                Self::copy_in_and_start(&container, push, config, inputs),
+            )
+            .await;
+        let built = match started {
+            Ok(()) => {
+                times
+                    .time(Stage::Compile, self.compile(&container, out, redactor))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        let packed = match built {
+            Ok(()) => {
+                if cache_enabled {
+                    let previous = restored.as_ref().map(|r| r.sha256.as_str());
+                    times
+                        .time(
+                            Stage::Cache,
+                            self.save_cache(push, &container, previous, &workspace, out),
+                        )
+                        .await;
+                }
+                self.pack_and_store(&container, ignore, keys, published, times)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        // Removed on every path; on cancellation the container's drop removes it instead.
+        if let Err(error) = times.time(Stage::Cleanup, container.remove()).await {
+            tracing::error!(%error, "cannot remove build container");
+        }
+        let packed = packed?;
+
+        let types = process_types(&packed)?;
+        out.step("Discovering process types").await;
+        out.detail(describe_types(&packed, &types)).await;
+        out.step(format!(
+            "Compiled slug size is {}",
+            human_size(packed.compressed_bytes)
+        ))
+        .await;
+        if packed.compressed_bytes > self.settings.slug_warn_bytes {
+            out.error(format!(
+                "Warning: the slug is {}, over the recommended {}; large slugs slow down \
+                 deploys and scaling (use .slugignore to leave files out)",
+                human_size(packed.compressed_bytes),
+                human_size(self.settings.slug_warn_bytes)
+            ))
+            .await;
+        }
+        let procfile = types.to_procfile();
+        times
+            .time(
+                Stage::Upload,
+                published.put(&keys.procfile, &mut procfile.as_bytes()),
+            )
+            .await?;
+        Ok(Artifact {
+            image: keys.slug.clone(),
+            process_types: types,
+            dockerfile: false,
+        })
+    }
+
+    /// `BUILDPACK_URL` wins over `.buildpacks`; neither means the built-in buildpacks.
+    async fn fetch_buildpacks(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        fetcher: &Fetcher,
+        workspace: &Workspace,
+        out: &Output,
+    ) -> Result<Option<Vec<FetchedBuildpack>>, BuildError> {
+        if let Some(text) = config.get(BUILDPACK_URL).filter(|v| !v.trim().is_empty()) {
+            let url = BuildpackUrl::parse(text)?;
+            out.step("Fetching custom buildpack").await;
+            let fetched = fetcher.fetch(&url, 0, workspace).await?;
+            out.detail(describe_fetched(&url, &fetched)).await;
+            return Ok(Some(vec![fetched]));
+        }
+        let Some(text) = push
+            .source
+            .read_file(&push.commit, ".buildpacks", MAX_BUILDPACKS_FILE)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let urls = fetch::parse_buildpacks_file(&String::from_utf8_lossy(&text))?;
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let mut fetched = Vec::with_capacity(urls.len());
+        for (index, url) in urls.iter().enumerate() {
+            out.line(format!("=====> Downloading Buildpack: {url}"))
+                .await;
+            let buildpack = fetcher.fetch(url, index, workspace).await?;
+            out.detail(describe_fetched(url, &buildpack)).await;
+            fetched.push(buildpack);
+        }
+        Ok(Some(fetched))
+    }
+
+    /// The app's cache, verified, or nothing (first build, or an unreadable cache).
+    async fn restore_cache(
+        &self,
+        push: &Push,
+        workspace: &Workspace,
+        out: &Output,
+    ) -> Option<RestoredCache> {
+        match cache::restore(self.store.as_ref(), &push.app, workspace.path()).await {
+            Restore::Empty => None,
+            Restore::Restored(restored) => {
+                out.step(format!(
+                    "Restoring cache ({})",
+                    human_size(restored.compressed_bytes)
+                ))
+                .await;
+                Some(restored)
+            }
+            Restore::Discarded(reason) => {
+                out.error(format!(
+                    "Warning: the build cache was unreadable ({reason}); it was discarded \
+                     and this build runs without it"
+                ))
+                .await;
+                None
+            }
+        }
+    }
+
+    /// Stores CACHE_DIR when it changed. A failure only costs the next build time.
+    async fn save_cache(
+        &self,
+        push: &Push,
+        container: &BuildContainer,
+        previous: Option<&str>,
+        workspace: &Workspace,
+        out: &Output,
+    ) {
+        let saved = cache::save(
+            self.store.as_ref(),
+            &push.app,
+            container,
+            previous,
+            workspace.path(),
+        )
+        .await;
+        match saved {
+            Ok(Saved::Empty) => {}
+            Ok(Saved::Unchanged) => out.step("Cache unchanged").await,
+            Ok(Saved::Stored { compressed_bytes }) => {
+                out.step(format!("Cache saved ({})", human_size(compressed_bytes)))
+                    .await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot save the build cache");
+                out.error(format!("Warning: cannot save the build cache: {error}"))
+                    .await;
+            }
+        }
+    }
+
+    fn container_spec(
+        &self,
+        push: &Push,
+        buildpacks: Option<&[FetchedBuildpack]>,
+    ) -> BuildContainerSpec {
+        let mut env = vec![
+            "HOME=/app".into(),
+            "APP_DIR=/app".into(),
+            format!("STACK={}", self.stack.name),
+            format!("SOURCE_VERSION={}", push.commit),
+            format!("REQUEST_ID={}", push.id),
+            format!("DEIS_APP={}", push.app),
+            // Lets buildpacks explain a failed download in a sealed build.
+            format!("DEIS_BUILD_NETWORK={}", self.settings.network),
+        ];
+        env.extend(self.stack.ca_env());
+        env.extend(
+            self.settings
+                .egress
+                .proxy_env()
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        );
+        if buildpacks.is_some() {
+            // The driver runs every buildpack in /build/buildpacks in order, no detection.
+            env.push("BUILDPACK_SELECTION=listed".into());
+        }
+        BuildContainerSpec {
+            image: self.settings.stack_image.clone(),
+            cmd: vec!["/bin/bash".into(), input::DRIVER.into()],
+            env,
+            user: format!("{uid}:{uid}", uid = input::BUILD_UID),
+            network: self.settings.network.clone(),
+            memory_bytes: self.settings.memory_bytes,
+            pids_limit: self.settings.pids_limit,
+            app: push.app.to_string(),
+            push_id: push.id.clone(),
+        }
+    }
+
+    /// Copies the input (source, config, cache, buildpacks) in and starts the driver.
+    async fn copy_in_and_start(
+        container: &BuildContainer,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        inputs: BuildInputs,
+    ) -> Result<(), BuildError> {
+        let source = push.source.archive(&push.commit)?;
+        let config = config.clone();
+        container
+            .upload(blocking_writer(source, move |source, w| {
+                let extras = input::Extras {
+                    cache: inputs.cache.as_deref(),
+                    buildpacks: inputs.buildpacks.as_deref(),
+                    ssh_key: inputs.ssh_key.as_deref(),
+                    ca_bundle: inputs.ca_bundle.as_deref(),
+                    submodules: &inputs.submodules,
+                };
+                input::write(source, &config, &extras, w)
+            }))
+            .await?;
+        container.start().await?;
+        Ok(())
+    }
+
+    /// Streams the driver's output live (secrets redacted) and waits for it to exit.
+    async fn compile(
+        &self,
+        container: &BuildContainer,
+        out: &Output,
+        redactor: Redactor,
+    ) -> Result<(), BuildError> {
+        let relay = async {
+            let mut shown = RedactedOutput::new(out, redactor);
+            let mut output = std::pin::pin!(container.output());
+            while let Some(chunk) = output.next().await {
+                match chunk {
+                    Ok(data) => shown.write(&data).await,
+                    Err(error) => tracing::warn!(%error, "build output interrupted"),
+                }
+            }
+            shown.finish().await;
+        };
+        let timeout = self.settings.timeout;
+        let code = tokio::time::timeout(timeout, async { tokio::join!(relay, container.wait()).1 })
+            .await
+            .map_err(|_| BuildError::Timeout(timeout))??;
+        match code {
+            0 => Ok(()),
+            2 => Err(BuildError::NoBuildpack),
+            // Killed by a signal we did not send: if the engine is gone, it stopped (and
+            // took the build with it); say so rather than blame the build.
+            code if code > 128 && self.engine.ping().await.is_err() => {
+                Err(EngineError::Connect(format!(
+                    "the engine stopped during the build, which was killed (exit status {code})"
+                ))
+                .into())
+            }
+            code => Err(BuildError::BuildFailed(code)),
+        }
+    }
+
+    /// Streams `/app` out of the container, through the slug packer, into object storage.
+    /// A slug over the size limit is not stored: the upload is aborted once it passes the
+    /// limit, and the rest is only counted so the developer learns the real size.
+    async fn pack_and_store(
+        &self,
+        container: &BuildContainer,
+        ignore: SlugIgnore,
+        keys: &Keys,
+        published: &Published,
+        times: &StageTimes,
+    ) -> Result<slug::PackedSlug, BuildError> {
+        let pack_started = std::time::Instant::now();
+        let download: ByteStream = Box::pin(container.download("/app"));
+        let app_tree = SyncIoBridge::new(StreamReader::new(download));
+        let (mut writer, slug_stream) = deis_types::pipe::pipe(8);
+        let packer = tokio::task::spawn_blocking(move || {
+            let options = PackOptions {
+                strip_prefix: "app/",
+                ignore: &ignore,
+            };
+            let packed = match slug::pack(app_tree, &mut writer, &options) {
+                Ok(packed) => writer
+                    .finish()
+                    .map(|()| packed)
+                    .map_err(slug::SlugError::Io),
+                Err(error) => {
+                    writer.fail(io::Error::other(error.to_string()));
+                    Err(error)
+                }
+            };
+            (packed, std::time::Instant::now())
+        });
+        let mut body = SizeLimit {
+            inner: StreamReader::new(slug_stream),
+            read: 0,
+            limit: self.settings.slug_max_bytes,
+        };
+        let stored = published.put(&keys.slug, &mut body).await;
+        let exceeded = body.exceeded();
+        if exceeded {
+            // Keep the packer going to its end so the message can give the full size.
+            let _ = tokio::io::copy(&mut body.inner, &mut tokio::io::sink()).await;
+        }
+        // After a failed upload nobody reads the pipe any more: dropping it makes the
+        // packer's next write fail instead of blocking forever on a full pipe.
+        drop(body);
+        let (packed, packer_done) = packer
+            .await
+            .map_err(|e| io::Error::other(format!("slug packer crashed: {e}")))?;
+        times.add(
+            Stage::Pack,
+            packer_done.saturating_duration_since(pack_started),
+        );
+        times.add(Stage::Upload, packer_done.elapsed());
+        // An upload error wins over the packer's (which only says the pipe closed); an
+        // oversize slug is reported below with its full size.
+        if let (Err(error), false) = (stored, exceeded) {
+            return Err(error.into());
+        }
+        let packed = packed?;
+        if exceeded || packed.compressed_bytes > self.settings.slug_max_bytes {
+            return Err(BuildError::SlugTooLarge {
+                size: human_size(packed.compressed_bytes),
+                limit: human_size(self.settings.slug_max_bytes),
+            });
+        }
+        tracing::info!(sha256 = %packed.sha256, bytes = packed.compressed_bytes, "slug stored");
+        deis_metrics::slug_stored(packed.compressed_bytes);
+        Ok(packed)
+    }
+}
+
+fn describe_fetched(url: &BuildpackUrl, fetched: &FetchedBuildpack) -> String {
+    match url.kind {
+        UrlKind::Git => {
+            let short: String = fetched.version.chars().take(8).collect();
+            format!("{url} at {short}")
+        }
+        UrlKind::Tarball => url.to_string(),
+    }
+}
+
+/// Fails the read once more than `limit` bytes went through, so storage aborts the upload.
+struct SizeLimit<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R> SizeLimit<R> {
+    fn exceeded(&self) -> bool {
+        self.read > self.limit
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SizeLimit<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.exceeded() {
+            return Poll::Ready(Err(io::Error::other("the slug is over the size limit")));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.read += (buf.filled().len() - before) as u64;
+            if self.exceeded() {
+                return Poll::Ready(Err(io::Error::other("the slug is over the size limit")));
+            }
+        }
+        polled
+    }
+}
+
+/// Process types: the app's Procfile wins; otherwise the buildpack's defaults.
+fn process_types(packed: &slug::PackedSlug) -> Result<ProcessTypes, BuildError> {
+    if let Some(procfile) = &packed.procfile {
+        return Ok(slug::parse_procfile(procfile)?);
+    }
+    match &packed.release {
+        Some(release) => Ok(slug::parse_release_process_types(release)?),
+        None => Ok(ProcessTypes(BTreeMap::new())),
+    }
+}
+
+fn describe_types(packed: &slug::PackedSlug, types: &ProcessTypes) -> String {
+    let names = types.names().join(", ");
+    match (packed.procfile.is_some(), types.is_empty()) {
+        (_, true) => "No process types declared (add a Procfile)".to_owned(),
+        (true, false) => format!("Procfile declares types -> {names}"),
+        (false, false) => format!("Default types for buildpack -> {names}"),
+    }
+}
+
+pub(super) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "K", "M", "G"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{size:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_heroku() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1536), "1.5K");
+        assert_eq!(human_size(3 << 20), "3.0M");
+    }
+}

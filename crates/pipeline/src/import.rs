@@ -1,0 +1,223 @@
+//! Image import (`deis pull`): an existing image is pulled, tagged into the app's
+//! repository under a content-derived tag, pushed to the private registry and released.
+//! Pull, tag and push stop at `--build-timeout` or when the caller's token fires (shutdown),
+//! and what they tagged is rolled back; the release, once asked for, is never cut short.
+
+use tokio_util::sync::CancellationToken;
+
+use super::dockerfile::{image_repository, registry_auth, relay};
+use super::timing::{millis, Stage, StageTimes};
+use super::{BuildError, Pipeline, Published, PublishedImage};
+use crate::push::Output;
+use deis_controller::BuildHook;
+use deis_executor::{RegistryApi, RegistryAuth};
+use deis_slug::ProcessTypes;
+use deis_types::names::{AppName, ImageRef};
+
+#[derive(Debug)]
+pub struct ImportRequest {
+    pub app: AppName,
+    pub image: ImageRef,
+    pub user: String,
+    pub process_types: ProcessTypes,
+    /// User name and password for the registry the image comes from (`Debug` hides the
+    /// password).
+    pub source_credentials: Option<(String, deis_types::Secret)>,
+}
+
+/// A finished import.
+#[derive(Debug)]
+pub struct Imported {
+    pub version: u64,
+    pub image: String,
+}
+
+/// The image an import tagged into the app's repository, ready for the release.
+struct Staged {
+    /// `repository:tag`, what the release names.
+    reference: String,
+    /// The image's content id in hex (the release's "sha").
+    hex: String,
+}
+
+impl Pipeline {
+    /// Imports `request`'s image. Until the release is asked for, `cancel` stops it (with
+    /// [`BuildError::Cancelled`]), as does `--build-timeout`; either way everything it
+    /// tagged is removed again.
+    pub async fn import(
+        &self,
+        request: &ImportRequest,
+        out: &Output,
+        cancel: &CancellationToken,
+    ) -> Result<Imported, BuildError> {
+        let started = std::time::Instant::now();
+        let times = StageTimes::default();
+        // Outlives the staging future: when that is dropped (timeout, cancellation), what it
+        // recorded is still rolled back below.
+        let published = Published::new(self.store.clone(), self.engine.clone());
+        let timeout = self.settings.timeout;
+        let staged = tokio::select! {
+            staged = tokio::time::timeout(timeout, self.stage(request, &published, out, &times)) => {
+                staged.unwrap_or(Err(BuildError::Timeout(timeout)))
+            }
+            () = cancel.cancelled() => Err(BuildError::Cancelled),
+        };
+        let imported = match staged {
+            // Not raced against cancellation: once asked, the controller may cut the release
+            // whether or not we wait, and its image must then stay (the call has a timeout).
+            Ok(staged) => self
+                .release_import(request, &staged, out, &times)
+                .await
+                .map(|version| (version, staged.reference)),
+            Err(error) => Err(error),
+        };
+        match &imported {
+            Ok(_) => published.keep(),
+            Err(BuildError::Controller(error)) if error.is_unreachable() => {
+                tracing::warn!("release outcome unknown; keeping the imported image");
+            }
+            Err(_) => published.roll_back().await,
+        }
+        let (version, image) = imported?;
+        tracing::info!(
+            app = %request.app,
+            version,
+            elapsed_ms = millis(started.elapsed()),
+            pull_ms = times.millis(Stage::Pull),
+            tag_ms = times.millis(Stage::Tag),
+            push_ms = times.millis(Stage::Push),
+            release_ms = times.millis(Stage::Release),
+            "imported"
+        );
+        Ok(Imported { version, image })
+    }
+
+    /// Pull, tag and push: everything before the release. Every tag is recorded in
+    /// `published` before it is made, so dropping this future half-way loses none.
+    async fn stage(
+        &self,
+        request: &ImportRequest,
+        published: &Published,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<Staged, BuildError> {
+        let image = &request.image;
+        out.step(format!("Pulling {image}")).await;
+        let source_auth = request
+            .source_credentials
+            .as_ref()
+            .map(|(username, password)| RegistryAuth {
+                server: image.registry().unwrap_or("docker.io").to_owned(),
+                username: username.clone(),
+                password: password.expose().to_owned(),
+            });
+        times
+            .time(
+                Stage::Pull,
+                relay(
+                    self.engine.pull_image(image, source_auth.as_ref()),
+                    out,
+                    true,
+                ),
+            )
+            .await?;
+        let pulled = match &image.digest {
+            Some(digest) => format!("{}@{digest}", image.repository),
+            None => format!("{}:{}", image.repository, image.pull_tag()),
+        };
+        let id = self.engine.image_id(&pulled).await?;
+        let hex = id.trim_start_matches("sha256:");
+        // Deterministic: the same image imported twice gets the same tag.
+        let tag = format!("import-{}", hex.get(..12).unwrap_or(hex));
+        let repository = image_repository(self.settings.registry.as_ref(), request.app.as_str());
+        let reference = format!("{repository}:{tag}");
+        // The same image always gets the same tag, so an existing tag already names exactly
+        // this image; only tags this import creates are removed if it fails.
+        let tag_started = std::time::Instant::now();
+        let registry = self
+            .settings
+            .registry
+            .as_ref()
+            .map(|registry| (registry, registry_auth(registry)));
+        // Both existence checks at once: one round trip's time.
+        let (local, in_registry) = tokio::join!(self.engine.image_id(&reference), async {
+            match &registry {
+                None => None,
+                Some((_, auth)) => Some(
+                    self.engine
+                        .registry_digest(&repository, &tag, auth.as_ref())
+                        .await
+                        .map(|digest| digest.is_some())
+                        // Unknown: treat as existing, so a rollback never deletes what it
+                        // did not make.
+                        .unwrap_or(true),
+                ),
+            }
+        });
+        if local.is_err() {
+            // Recorded first: removing a tag that was never made is a no-op.
+            published.image(PublishedImage {
+                reference: reference.clone(),
+                registry: None,
+            });
+            self.engine.tag_image(&pulled, &repository, &tag).await?;
+        }
+        times.add(Stage::Tag, tag_started.elapsed());
+        if let Some((registry, auth)) = registry {
+            let existed = in_registry.unwrap_or(true);
+            if !existed {
+                // Before the push: one stopped half-way may still have put the manifest.
+                published.image(PublishedImage {
+                    reference: reference.clone(),
+                    registry: Some((
+                        RegistryApi::new(&registry.host, auth.clone())?,
+                        request.app.to_string(),
+                        tag.clone(),
+                    )),
+                });
+            }
+            out.step(format!("Pushing {reference}")).await;
+            times
+                .time(
+                    Stage::Push,
+                    relay(
+                        self.engine.push_image(&repository, &tag, auth.as_ref()),
+                        out,
+                        true,
+                    ),
+                )
+                .await?;
+        }
+        Ok(Staged {
+            reference,
+            hex: hex.to_owned(),
+        })
+    }
+
+    async fn release_import(
+        &self,
+        request: &ImportRequest,
+        staged: &Staged,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<u64, BuildError> {
+        out.line("Launching App...").await;
+        let release_started = std::time::Instant::now();
+        let version = self
+            .controller
+            .release(&BuildHook {
+                user: &request.user,
+                app: request.app.as_str(),
+                sha: &staged.hex,
+                image: &staged.reference,
+                procfile: &request.process_types.0,
+                dockerfile: true,
+            })
+            .await;
+        times.add(Stage::Release, release_started.elapsed());
+        let version = version?;
+        out.line(format!("Done, {}:v{version} deployed", request.app))
+            .await;
+        Ok(version)
+    }
+}

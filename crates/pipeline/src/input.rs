@@ -1,0 +1,482 @@
+//! The archive a build container starts from: the app source in `/app`, config vars in
+//! ENV_DIR, CACHE_DIR (restored from the app's cache, or empty), the buildpacks (built-in,
+//! or the ones fetched from `BUILDPACK_URL`/`.buildpacks`), the app's SSH key when it has
+//! one, and the build driver. Everything is owned by the unprivileged build user, so the
+//! container needs no root to use it.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use include_dir::{include_dir, Dir, DirEntry};
+
+use super::fetch::FetchedBuildpack;
+use super::submodule::FetchedSubmodule;
+
+/// The built-in buildpacks and the in-container driver, compiled into the binary so one
+/// file is a complete builder.
+static BUILDPACKS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../../buildpacks");
+
+/// uid/gid of the `slug` user in the stack image.
+pub const BUILD_UID: u64 = 1000;
+
+/// Where the driver finds things (see `buildpacks/README.md`).
+pub const DRIVER: &str = "/build/bin/build";
+
+/// Where the app's `SSH_KEY` goes in the container, with an ssh config that uses it.
+pub const SSH_DIR: &str = "/build/ssh";
+
+/// What goes into the input archive besides the source and the config.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extras<'a> {
+    /// A verified cache archive (see `cache::verify`), unpacked into CACHE_DIR.
+    pub cache: Option<&'a Path>,
+    /// Buildpacks to run in order instead of detecting among the built-in ones.
+    pub buildpacks: Option<&'a [FetchedBuildpack]>,
+    /// The app's private key (PEM/OpenSSH text), for buildpacks that fetch over ssh.
+    pub ssh_key: Option<&'a str>,
+    /// The stack's CA bundle plus the operator's CA (`--build-ca-file`).
+    pub ca_bundle: Option<&'a [u8]>,
+    /// Git submodules of the pushed commit, checked out on the host.
+    pub submodules: &'a [FetchedSubmodule],
+}
+
+/// Writes the build input archive to `out`. `source` is a tar of the app tree (git archive).
+pub fn write(
+    source: impl Read,
+    config: &BTreeMap<String, String>,
+    extras: &Extras<'_>,
+    out: impl Write,
+) -> io::Result<()> {
+    let mut tar = tar::Builder::new(out);
+    for dir in [
+        "app",
+        "build",
+        "build/env",
+        "build/cache",
+        "build/buildpacks",
+        "build/bin",
+    ] {
+        append_dir(&mut tar, dir)?;
+    }
+    copy_source(source, &mut tar)?;
+    for submodule in extras.submodules {
+        let target = format!("app/{}", submodule.path);
+        append_host_dir(&mut tar, &submodule.dir, &target, &|_, _| true)?;
+    }
+    for (name, value) in config {
+        append_file(
+            &mut tar,
+            &format!("build/env/{name}"),
+            0o600,
+            value.as_bytes(),
+        )?;
+    }
+    if let Some(cache) = extras.cache {
+        copy_cache(cache, &mut tar)?;
+    }
+    match extras.buildpacks {
+        None => append_buildpacks(&mut tar, &BUILDPACKS, true)?,
+        Some(fetched) => {
+            append_buildpacks(&mut tar, &BUILDPACKS, false)?;
+            for buildpack in fetched {
+                let target = format!("build/buildpacks/{}", buildpack.name);
+                append_dir(&mut tar, &target)?;
+                append_host_dir(&mut tar, &buildpack.dir, &target, &|_, _| true)?;
+            }
+        }
+    }
+    if let Some(key) = extras.ssh_key {
+        append_ssh(&mut tar, key)?;
+    }
+    if let Some(bundle) = extras.ca_bundle {
+        // A file entry only: the image's /etc keeps its owners, the bundle is root's as
+        // on any system, readable by all.
+        let path = super::SYSTEM_CA_BUNDLE.trim_start_matches('/');
+        let mut h = header(tar::EntryType::Regular, 0o644, bundle.len() as u64);
+        h.set_uid(0);
+        h.set_gid(0);
+        tar.append_data(&mut h, path, bundle)?;
+    }
+    tar.into_inner()?.flush()
+}
+
+/// Deis stores `SSH_KEY` base64-encoded; a plain PEM/OpenSSH key is accepted too.
+pub fn decode_ssh_key(value: &str) -> String {
+    use base64::Engine as _;
+    let value = value.trim();
+    if value.contains("-----BEGIN") {
+        return format!("{value}\n");
+    }
+    let compact: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+    match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) if text.contains("-----BEGIN") => format!("{}\n", text.trim()),
+            _ => format!("{value}\n"),
+        },
+        Err(_) => format!("{value}\n"),
+    }
+}
+
+fn append_ssh<W: Write>(tar: &mut tar::Builder<W>, key: &str) -> io::Result<()> {
+    let dir = SSH_DIR.trim_start_matches('/');
+    let mut h = header(tar::EntryType::Directory, 0o700, 0);
+    tar.append_data(&mut h, dir, io::empty())?;
+    append_file(tar, &format!("{dir}/id_key"), 0o600, key.as_bytes())?;
+    let config = format!(
+        "Host *\n  IdentityFile {SSH_DIR}/id_key\n  IdentitiesOnly yes\n  \
+         StrictHostKeyChecking accept-new\n  UserKnownHostsFile {SSH_DIR}/known_hosts\n"
+    );
+    append_file(tar, &format!("{dir}/config"), 0o600, config.as_bytes())
+}
+
+/// Unpacks a verified cache archive (paths relative to CACHE_DIR) under `build/cache/`.
+fn copy_cache<W: Write>(cache: &Path, tar: &mut tar::Builder<W>) -> io::Result<()> {
+    let file = std::fs::File::open(cache)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let relative = path.trim_start_matches("./").trim_end_matches('/');
+        if relative.is_empty() {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        let mode = entry.header().mode()? & 0o777;
+        let target = format!("build/cache/{relative}");
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Directory => {
+                let mut h = header(kind, mode, entry.size());
+                tar.append_data(&mut h, &target, &mut entry)?;
+            }
+            tar::EntryType::Symlink => {
+                if let Some(link) = entry.link_name()? {
+                    let mut h = header(kind, 0o777, 0);
+                    tar.append_link(&mut h, &target, &link)?;
+                }
+            }
+            tar::EntryType::Link => {
+                if let Some(link) = entry.link_name()? {
+                    let link = format!("build/cache/{}", link.to_string_lossy());
+                    let mut h = header(kind, mode, 0);
+                    tar.append_link(&mut h, &target, link)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A host directory (a fetched buildpack or submodule) under `target`, in sorted order;
+/// `.git` is left out, symlinks stay symlinks (never followed), anything that is not a
+/// file, directory or link is skipped, and so is what `keep(target path, is_dir)` refuses.
+pub(super) fn append_host_dir<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    target: &str,
+    keep: &dyn Fn(&str, bool) -> bool,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            tracing::warn!(dir = %dir.display(), "skipping a buildpack file whose name is not UTF-8");
+            continue;
+        };
+        if name == ".git" {
+            continue;
+        }
+        let path = entry.path();
+        let child = format!("{target}/{name}");
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !keep(&child, meta.is_dir()) {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(&path)?;
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+            tar.append_link(&mut h, &child, link)?;
+        } else if meta.is_dir() {
+            append_dir(tar, &child)?;
+            append_host_dir(tar, &path, &child, keep)?;
+        } else if meta.is_file() {
+            let mut h = header(tar::EntryType::Regular, mode, meta.len());
+            tar.append_data(&mut h, &child, std::fs::File::open(&path)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Config var names become file names in ENV_DIR: only shell-variable names are allowed.
+pub fn valid_config_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && name.len() <= 255
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_uid(BUILD_UID);
+    header.set_gid(BUILD_UID);
+    header.set_size(size);
+    header.set_mtime(0);
+    header
+}
+
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    tar.append_data(&mut h, path, io::empty())
+}
+
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> io::Result<()> {
+    let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
+    tar.append_data(&mut h, path, data)
+}
+
+/// Re-roots the source archive under `app/` and hands it to the build user, streaming
+/// file contents straight through.
+fn copy_source<W: Write>(source: impl Read, tar: &mut tar::Builder<W>) -> io::Result<()> {
+    copy_tree(source, tar, "app/", &|_, _| true)
+}
+
+/// Copies a git archive into `tar` under `prefix`, owned by the build user, keeping only
+/// the paths `keep(path, is_dir)` accepts. File contents stream straight through.
+pub(super) fn copy_tree<W: Write>(
+    source: impl Read,
+    tar: &mut tar::Builder<W>,
+    prefix: &str,
+    keep: &dyn Fn(&str, bool) -> bool,
+) -> io::Result<()> {
+    let mut archive = tar::Archive::new(source);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            // git archive adds a pax global header with the commit id; nothing else is expected.
+            continue;
+        }
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let relative = path.trim_start_matches("./").trim_end_matches('/');
+        if relative.is_empty() || !keep(relative, kind.is_dir()) {
+            continue;
+        }
+        let mode = entry.header().mode()? & 0o777;
+        let mut h = header(kind, mode, entry.size());
+        let target = format!("{prefix}{relative}");
+        if kind.is_symlink() {
+            let link = entry
+                .link_name()?
+                .ok_or_else(|| io::Error::other(format!("symlink {relative} has no target")))?
+                .into_owned();
+            tar.append_link(&mut h, &target, link)?;
+        } else {
+            tar.append_data(&mut h, &target, &mut entry)?;
+        }
+    }
+    Ok(())
+}
+
+/// The driver, and the built-in buildpacks when `with_builtin` is set.
+fn append_buildpacks<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Dir<'_>,
+    with_builtin: bool,
+) -> io::Result<()> {
+    for entry in dir.entries() {
+        match entry {
+            DirEntry::Dir(sub) => {
+                let path = sub.path().to_string_lossy();
+                let is_driver = path == "bin" || path.starts_with("bin/");
+                if !is_driver && !with_builtin {
+                    continue;
+                }
+                if path != "bin" {
+                    append_dir(tar, &target_path(&path))?;
+                }
+                append_buildpacks(tar, sub, with_builtin)?;
+            }
+            DirEntry::File(file) => {
+                let path = file.path().to_string_lossy();
+                if path == "README.md" {
+                    continue;
+                }
+                // include_dir drops permission bits; everything shipped here is a script.
+                append_file(tar, &target_path(&path), 0o755, file.contents())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `bin/build` → `build/bin/build`; `10-python/bin/detect` → `build/buildpacks/10-python/bin/detect`.
+fn target_path(path: &str) -> String {
+    if path == "bin" || path.starts_with("bin/") {
+        format!("build/{path}")
+    } else {
+        format!("build/buildpacks/{path}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_archive_layout() {
+        let mut source = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        source.append_data(&mut h, "app.py", &b"print"[..]).unwrap();
+        let source = source.into_inner().unwrap();
+        let config = BTreeMap::from([("SECRET".to_owned(), "s3cr3t".to_owned())]);
+        let mut out = Vec::new();
+        write(&source[..], &config, &Extras::default(), &mut out).unwrap();
+
+        let mut archive = tar::Archive::new(&out[..]);
+        let mut names = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            assert_eq!(entry.header().uid().unwrap(), BUILD_UID);
+            names.push(
+                entry
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_owned(),
+            );
+        }
+        for expected in [
+            "app/app.py",
+            "build/env/SECRET",
+            "build/bin/build",
+            "build/cache",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing from {names:?}"
+            );
+        }
+        assert!(names
+            .iter()
+            .any(|n| n.starts_with("build/buildpacks/") && n.ends_with("/bin/compile")));
+        assert!(!names.iter().any(|n| n.ends_with("README.md")));
+    }
+
+    fn names_of(archive: &[u8]) -> Vec<String> {
+        let mut archive = tar::Archive::new(archive);
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches('/')
+                    .to_owned();
+                // The CA bundle is root's, as on any system; all else the build user's.
+                let owner = if name == "etc/ssl/certs/ca-certificates.crt" {
+                    0
+                } else {
+                    BUILD_UID
+                };
+                assert_eq!(e.header().uid().unwrap(), owner, "{name}");
+                name
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fetched_buildpacks_cache_and_key_go_in() {
+        let host = tempfile::tempdir().unwrap();
+        let bp = host.path().join("bp");
+        std::fs::create_dir_all(bp.join("bin")).unwrap();
+        std::fs::create_dir_all(bp.join(".git")).unwrap();
+        std::fs::write(bp.join("bin/compile"), "#!/bin/sh\n").unwrap();
+        std::fs::write(bp.join(".git/HEAD"), "x").unwrap();
+        let fetched = [FetchedBuildpack {
+            name: "01-bp".into(),
+            dir: bp,
+            version: "abc".into(),
+        }];
+        let mut cache = Vec::new();
+        let mut engine = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        engine
+            .append_data(&mut h, "cache/dep.txt", &b"dep"[..])
+            .unwrap();
+        crate::cache::pack(&engine.into_inner().unwrap()[..], &mut cache).unwrap();
+        let cache_path = host.path().join("cache.tgz");
+        std::fs::write(&cache_path, &cache).unwrap();
+
+        let mut source = tar::Builder::new(Vec::new());
+        source.append_data(&mut h, "app.py", &b"abc"[..]).unwrap();
+        let source = source.into_inner().unwrap();
+        let extras = Extras {
+            cache: Some(&cache_path),
+            buildpacks: Some(&fetched),
+            ssh_key: Some("-----BEGIN KEY-----\nx\n"),
+            ca_bundle: Some(b"-----BEGIN CERTIFICATE-----\n"),
+            submodules: &[],
+        };
+        let mut out = Vec::new();
+        write(&source[..], &BTreeMap::new(), &extras, &mut out).unwrap();
+        let names = names_of(&out);
+        for expected in [
+            "build/buildpacks/01-bp/bin/compile",
+            "build/cache/dep.txt",
+            "build/bin/build",
+            "build/ssh/id_key",
+            "build/ssh/config",
+            "etc/ssl/certs/ca-certificates.crt",
+        ] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing: {names:?}"
+            );
+        }
+        assert!(!names.iter().any(|n| n.contains(".git")), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("10-python")), "{names:?}");
+        // Only the bundle itself: the image's /etc keeps its owners and modes.
+        assert!(
+            !names.iter().any(|n| n == "etc" || n == "etc/ssl"),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn ssh_keys_are_decoded_from_base64() {
+        use base64::Engine as _;
+        let pem = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----";
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pem);
+        assert_eq!(decode_ssh_key(&encoded), format!("{pem}\n"));
+        assert_eq!(decode_ssh_key(pem), format!("{pem}\n"));
+    }
+
+    #[test]
+    fn config_names() {
+        for good in ["A", "_X", "DEIS_DISABLE_CACHE", "a1"] {
+            assert!(valid_config_name(good), "{good}");
+        }
+        for bad in ["", "1A", "A-B", "../x", "A B", "A=B"] {
+            assert!(!valid_config_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! One build, from a received push to a released slug. Knows nothing of SSH: it gets a
+//! [`Push`], writes progress to an [`Output`] and returns a [`Verdict`].
+
+mod buildpack;
+pub mod cache;
+mod dockerfile;
+mod fetch;
+mod import;
+mod input;
+pub mod push;
+mod redact;
+pub mod settings;
+pub mod source;
+mod submodule;
+mod timing;
+
+pub use import::{ImportRequest, Imported};
+
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::push::{Output, Push, PushRunner, Verdict};
+use crate::settings::BuildSettings;
+use crate::source::SourceError;
+use deis_controller::{BuildHook, Controller, ControllerError};
+use deis_executor::{Engine, EngineError, RegistryApi, TagRemoval};
+use deis_metrics::{self as metrics, BuildKind, PushResult};
+use deis_slug::{self as slug, ProcessTypes};
+use deis_storage::{ObjectStore, StorageError};
+use deis_types::names::AppName;
+use deis_types::pipe::ByteStream;
+use timing::{Stage, StageTimes};
+
+/// `$STACK` when neither `--stack-name` nor a label of the stack image names the stack:
+/// the name this builder's own stack had before it carried a label.
+pub const DEFAULT_STACK: &str = "deis-bookworm";
+
+/// Labels that name the stack of an image: ours, then the Cloud Native Buildpacks one
+/// (Heroku's images carry `io.buildpacks.stack.id=heroku-22`).
+const STACK_LABELS: [&str; 2] = ["io.deis.builder.stack", "io.buildpacks.stack.id"];
+
+/// Where Debian-family stacks keep the CA bundle every TLS client reads by default.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Largest stack CA bundle read at start-up.
+const MAX_CA_BUNDLE_BYTES: u64 = 8 << 20;
+
+/// The stack builds run on, read off the stack image once at start-up.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// `$STACK` in buildpack builds.
+    pub name: String,
+    /// The image's CA bundle plus `--build-ca-file`: written over [`SYSTEM_CA_BUNDLE`] in
+    /// every buildpack build, and named by the variables TLS clients read.
+    pub ca_bundle: Option<Arc<[u8]>>,
+}
+
+impl Stack {
+    /// Checks that the stack image and the build network exist and reads what builds need.
+    pub async fn inspect(engine: &Engine, settings: &BuildSettings) -> Result<Stack, EngineError> {
+        let labels = engine.require_image(&settings.stack_image).await?;
+        engine.require_network(&settings.network).await?;
+        let name = match &settings.stack_name {
+            Some(name) => name.clone(),
+            None => STACK_LABELS
+                .iter()
+                .find_map(|label| labels.get(*label).filter(|value| !value.is_empty()))
+                .filter(|name| deis_types::names::is_stack_name(name))
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_STACK.to_owned()),
+        };
+        let ca_bundle = match &settings.egress.ca {
+            None => None,
+            Some((_, extra)) => {
+                let mut bundle = engine
+                    .read_image_file(&settings.stack_image, SYSTEM_CA_BUNDLE, MAX_CA_BUNDLE_BYTES)
+                    .await?
+                    .unwrap_or_else(|| {
+                        // A stack without it (or with a link there) would trust only the
+                        // operator's CA: public registries then fail TLS in every build.
+                        tracing::warn!(
+                            image = %settings.stack_image,
+                            path = SYSTEM_CA_BUNDLE,
+                            "the stack image has no CA bundle file; builds trust only --build-ca-file"
+                        );
+                        Vec::new()
+                    });
+                if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+                    bundle.push(b'\n');
+                }
+                bundle.extend_from_slice(extra.as_bytes());
+                Some(Arc::from(bundle))
+            }
+        };
+        Ok(Stack { name, ca_bundle })
+    }
+
+    /// For a pipeline that only imports images (`deis-builder pull`).
+    pub fn for_imports_only() -> Stack {
+        Stack {
+            name: DEFAULT_STACK.to_owned(),
+            ca_bundle: None,
+        }
+    }
+
+    /// Environment of a buildpack build that points TLS clients at the CA bundle.
+    pub fn ca_env(&self) -> Vec<String> {
+        if self.ca_bundle.is_none() {
+            return Vec::new();
+        }
+        [
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+            "CURL_CA_BUNDLE",
+        ]
+        .iter()
+        .map(|name| format!("{name}={SYSTEM_CA_BUNDLE}"))
+        .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Controller(#[from] ControllerError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Git(#[from] SourceError),
+    #[error("invalid config var name {0:?}: use letters, digits and underscores")]
+    ConfigName(String),
+    #[error("{0}")]
+    Plan(String),
+    #[error("base image {image} is not in the Docker engine and cannot be pulled here ({detail})")]
+    MissingBaseImage { image: String, detail: String },
+    #[error("no buildpack matched this app")]
+    NoBuildpack,
+    #[error("{0}")]
+    Fetch(#[from] fetch::FetchError),
+    #[error("{0}")]
+    Submodule(#[from] submodule::SubmoduleError),
+    #[error("the compiled slug is {size}, over the limit of {limit}")]
+    SlugTooLarge { size: String, limit: String },
+    #[error("the build exited with status {0}")]
+    BuildFailed(i64),
+    #[error("the build took longer than {0:?} and was stopped")]
+    Timeout(Duration),
+    /// An import stopped before its release by its caller's token (the server's shutdown).
+    #[error("stopped: the builder is shutting down")]
+    Cancelled,
+    #[error("{0}")]
+    Slug(#[from] slug::SlugError),
+    #[error("{0}")]
+    Procfile(#[from] slug::ProcfileError),
+    #[error("cannot read the buildpack's release output: {0}")]
+    Release(#[from] slug::ReleaseError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Object keys of one build, in the Deis layout.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub source: String,
+    pub slug: String,
+    pub procfile: String,
+}
+
+impl Keys {
+    /// The Deis layout, `home/<app>:git-<sha8>/…`: where the first build of a commit goes.
+    pub fn new(app: &AppName, sha8: &str) -> Keys {
+        Keys::under(format!("home/{app}:git-{sha8}"))
+    }
+
+    /// `home/<app>:git-<sha8>-<push id>/…`: where a later build of the same commit goes, so
+    /// objects a release may point to are never overwritten (write-once).
+    pub fn for_push(app: &AppName, sha8: &str, push_id: &str) -> Keys {
+        Keys::under(format!("home/{app}:git-{sha8}-{push_id}"))
+    }
+
+    fn under(base: String) -> Keys {
+        Keys {
+            source: format!("{base}/tar"),
+            slug: format!("{base}/push/slug.tgz"),
+            procfile: format!("{base}/push/Procfile"),
+        }
+    }
+}
+
+/// The buildpack pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub controller: Arc<dyn Controller>,
+    pub store: Arc<dyn ObjectStore>,
+    pub engine: Engine,
+    pub settings: BuildSettings,
+    pub stack: Stack,
+}
+
+#[async_trait::async_trait]
+impl PushRunner for Pipeline {
+    async fn run(&self, push: Push, out: Output, cancel: CancellationToken) -> Verdict {
+        let span = tracing::info_span!(
+            "push", push_id = %push.id, app = %push.app, user = %push.user, sha = %push.commit.short()
+        );
+        async {
+            let started = Instant::now();
+            let receive = started.saturating_duration_since(push.receive_started);
+            let times = StageTimes::default();
+            let published = Published::new(self.store.clone(), self.engine.clone());
+            let built = tokio::select! {
+                built = self.build(&push, &out, &published, &times) => Some(built),
+                () = cancel.cancelled() => None,
+            };
+            let artifact = match built {
+                Some(Ok(artifact)) => artifact,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "push rejected");
+                    out.error(format!("Build failed: {error}")).await;
+                    published.roll_back().await;
+                    metrics::push_finished(PushResult::Failed);
+                    return Verdict::Reject;
+                }
+                None => {
+                    tracing::warn!(
+                        "push cancelled: the client went away or the server is stopping"
+                    );
+                    published.roll_back().await;
+                    metrics::push_finished(PushResult::Cancelled);
+                    return Verdict::Reject;
+                }
+            };
+            // Not raced against cancellation: once asked, the controller may cut the release
+            // whether or not we wait, and its objects must then stay (the call has a timeout).
+            let released = times
+                .time(Stage::Release, self.release(&push, &artifact, &out))
+                .await;
+            match released {
+                Ok(version) => {
+                    published.keep();
+                    tracing::info!(
+                        version,
+                        elapsed_ms = timing::millis(started.elapsed()),
+                        receive_ms = timing::millis(receive),
+                        source_ms = times.millis(Stage::Source),
+                        prepare_ms = times.millis(Stage::Prepare),
+                        container_ms = times.millis(Stage::Container),
+                        compile_ms = times.millis(Stage::Compile),
+                        cache_ms = times.millis(Stage::Cache),
+                        pack_ms = times.millis(Stage::Pack),
+                        upload_ms = times.millis(Stage::Upload),
+                        cleanup_ms = times.millis(Stage::Cleanup),
+                        release_ms = times.millis(Stage::Release),
+                        context_ms = times.millis(Stage::Context),
+                        tag_ms = times.millis(Stage::Tag),
+                        build_ms = times.millis(Stage::Build),
+                        push_ms = times.millis(Stage::Push),
+                        "deployed"
+                    );
+                    metrics::push_finished(PushResult::Success);
+                    Verdict::Accept
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "release failed");
+                    out.error(format!("Build failed: {error}")).await;
+                    let ambiguous =
+                        matches!(&error, BuildError::Controller(e) if e.is_unreachable());
+                    if ambiguous {
+                        // The controller may have released it: keep what it would point to.
+                        tracing::warn!("release outcome unknown; keeping the build's objects");
+                    } else {
+                        published.roll_back().await;
+                    }
+                    metrics::push_finished(PushResult::Failed);
+                    Verdict::Reject
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Pipeline {
+    /// Everything up to the release: config, source tarball, and the build itself.
+    async fn build(
+        &self,
+        push: &Push,
+        out: &Output,
+        published: &Published,
+        times: &StageTimes,
+    ) -> Result<Artifact, BuildError> {
+        let source_started = Instant::now();
+        let (keys, config) = tokio::try_join!(self.keys_for(push), async {
+            Ok(self
+                .controller
+                .app_config(&push.user, push.app.as_str())
+                .await?)
+        })?;
+        if let Some(bad) = config.values.keys().find(|k| !input::valid_config_name(k)) {
+            return Err(BuildError::ConfigName(deis_types::names::printable(bad)));
+        }
+        times.add(Stage::Source, source_started.elapsed());
+
+        // The source tarball goes to storage while the build runs: neither needs the
+        // other, and both must succeed before the release. Both are waited for, even
+        // when one fails: a put dropped in flight could still land after the rollback.
+        let store_source = times.time(Stage::Source, async {
+            let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
+            published.put(&keys.source, &mut source_tar).await?;
+            Ok::<(), BuildError>(())
+        });
+        let build = async {
+            let plan = self.plan(push, &config.values).await?;
+            let build_started = Instant::now();
+            let (kind, built) = match plan {
+                Plan::Buildpack => (
+                    BuildKind::Buildpack,
+                    self.buildpack_build(push, &config.values, out, published, &keys, times)
+                        .await,
+                ),
+                Plan::Dockerfile => (
+                    BuildKind::Dockerfile,
+                    self.dockerfile_build(push, &config.values, out, published, times)
+                        .await,
+                ),
+            };
+            metrics::build_finished(kind, build_started.elapsed());
+            built
+        };
+        let (stored, built) = tokio::join!(store_source, build);
+        let artifact = built?;
+        stored?;
+        out.line("Build complete.").await;
+        Ok(artifact)
+    }
+
+    /// The Deis keys, unless an earlier push of this commit already used them (its objects
+    /// may belong to a live release): then keys of this push alone.
+    async fn keys_for(&self, push: &Push) -> Result<Keys, BuildError> {
+        let first = Keys::new(&push.app, push.commit.short());
+        // One round trip's time, not three.
+        let existing = futures_util::future::try_join_all(
+            [&first.source, &first.slug, &first.procfile].map(|key| self.store.exists(key)),
+        )
+        .await?;
+        if existing.contains(&true) {
+            tracing::info!(
+                key = %first.source,
+                "this commit was built before; this push stores its objects under its own keys"
+            );
+            return Ok(Keys::for_push(&push.app, push.commit.short(), &push.id));
+        }
+        Ok(first)
+    }
+
+    async fn release(
+        &self,
+        push: &Push,
+        artifact: &Artifact,
+        out: &Output,
+    ) -> Result<u64, BuildError> {
+        out.line("Launching App...").await;
+        let version = self
+            .controller
+            .release(&BuildHook {
+                user: &push.user,
+                app: push.app.as_str(),
+                sha: push.commit.as_str(),
+                image: &artifact.image,
+                procfile: &artifact.process_types.0,
+                dockerfile: artifact.dockerfile,
+            })
+            .await?;
+        out.line(format!("Done, {}:v{version} deployed", push.app))
+            .await;
+        Ok(version)
+    }
+}
+
+/// How a push is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    Buildpack,
+    Dockerfile,
+}
+
+/// App config that picks the build type when an app has both a Dockerfile and a Procfile
+/// (Hephy's name): `procfile`/`buildpack` or `dockerfile`.
+pub const BUILDER_SETTING: &str = "HEPHY_BUILDER";
+
+impl Pipeline {
+    /// A Dockerfile at the root means a Docker build, unless app config says otherwise.
+    async fn plan(
+        &self,
+        push: &Push,
+        config: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Plan, BuildError> {
+        let has_dockerfile = push.source.has_file(&push.commit, "Dockerfile").await?;
+        match config
+            .get(BUILDER_SETTING)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") => Ok(if has_dockerfile {
+                Plan::Dockerfile
+            } else {
+                Plan::Buildpack
+            }),
+            Some("procfile" | "buildpack") => Ok(Plan::Buildpack),
+            Some("dockerfile") if has_dockerfile => Ok(Plan::Dockerfile),
+            Some("dockerfile") => Err(BuildError::Plan(format!(
+                "{BUILDER_SETTING}=dockerfile is set but the app has no Dockerfile at its root"
+            ))),
+            Some(other) => Err(BuildError::Plan(format!(
+                "{BUILDER_SETTING}={} is not one of `procfile`, `buildpack` or `dockerfile` \
+                 (or unset: a Dockerfile decides)",
+                deis_types::names::printable(other)
+            ))),
+        }
+    }
+}
+
+/// What a build produced, for the release.
+#[derive(Debug)]
+pub struct Artifact {
+    /// The slug's object key, or the image reference.
+    pub image: String,
+    pub process_types: ProcessTypes,
+    pub dockerfile: bool,
+}
+
+/// Runs a blocking writer over an async byte stream, producing an async byte stream.
+pub(crate) fn blocking_writer<F>(input: ByteStream, write: F) -> ByteStream
+where
+    F: FnOnce(
+            SyncIoBridge<StreamReader<ByteStream, bytes::Bytes>>,
+            &mut deis_types::pipe::PipeWriter,
+        ) -> io::Result<()>
+        + Send
+        + 'static,
+{
+    let reader = SyncIoBridge::new(StreamReader::new(input));
+    let (mut writer, output) = deis_types::pipe::pipe(8);
+    tokio::task::spawn_blocking(move || match write(reader, &mut writer) {
+        Ok(()) => {
+            let _ = writer.finish();
+        }
+        Err(error) => writer.fail(error),
+    });
+    output
+}
+
+/// Objects and image tags this push created, deleted again if the push does not land, so a
+/// failed push leaves nothing behind. What existed before (an earlier push) stays.
+struct Published {
+    store: Arc<dyn ObjectStore>,
+    engine: Engine,
+    created: Mutex<Vec<String>>,
+    images: Mutex<Vec<PublishedImage>>,
+}
+
+/// An image tag a push created: in the local engine, and in the registry once pushed.
+#[derive(Debug, Clone)]
+pub(crate) struct PublishedImage {
+    /// `repository:tag` in the local engine.
+    pub reference: String,
+    /// The registry's API, the repository name in it and the tag, once pushed there.
+    pub registry: Option<(RegistryApi, String, String)>,
+}
+
+impl Published {
+    fn new(store: Arc<dyn ObjectStore>, engine: Engine) -> Published {
+        Published {
+            store,
+            engine,
+            created: Mutex::new(Vec::new()),
+            images: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records a tag this push created (call again once it is in the registry).
+    fn image(&self, image: PublishedImage) {
+        let mut images = self.images.lock().unwrap_or_else(PoisonError::into_inner);
+        images.retain(|known| known.reference != image.reference);
+        images.push(image);
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
+    ) -> Result<u64, StorageError> {
+        let existed = self.store.exists(key).await?;
+        let written = self.store.put(key, body).await?;
+        if !existed {
+            self.created_keys().push(key.to_owned());
+        }
+        Ok(written)
+    }
+
+    /// The release was cut: everything stays.
+    fn keep(&self) {
+        self.created_keys().clear();
+        self.images
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    async fn roll_back(&self) {
+        let keys = std::mem::take(&mut *self.created_keys());
+        for key in keys {
+            if let Err(error) = self.store.delete(&key).await {
+                tracing::error!(%error, %key, "cannot delete object of a failed push");
+            }
+        }
+        let images =
+            std::mem::take(&mut *self.images.lock().unwrap_or_else(PoisonError::into_inner));
+        for image in images {
+            if let Some((api, name, tag)) = &image.registry {
+                match api.delete_tag(name, tag).await {
+                    Ok(TagRemoval::Deleted | TagRemoval::Absent) => {}
+                    Ok(TagRemoval::Shared { other_tag }) => tracing::warn!(
+                        image = %image.reference, %other_tag,
+                        "registry tag of a failed push kept: its manifest is also tagged otherwise"
+                    ),
+                    Err(error) => tracing::error!(
+                        %error, image = %image.reference,
+                        "cannot delete the registry tag of a failed push"
+                    ),
+                }
+            }
+            if let Err(error) = self.engine.remove_image(&image.reference).await {
+                tracing::error!(%error, image = %image.reference, "cannot remove the image tag of a failed push");
+            }
+        }
+    }
+
+    fn created_keys(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.created.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deis_key_layout() {
+        let keys = Keys::new(&AppName::parse("myapp").unwrap(), "1234abcd");
+        assert_eq!(keys.source, "home/myapp:git-1234abcd/tar");
+        assert_eq!(keys.slug, "home/myapp:git-1234abcd/push/slug.tgz");
+        assert_eq!(keys.procfile, "home/myapp:git-1234abcd/push/Procfile");
+        let again = Keys::for_push(&AppName::parse("myapp").unwrap(), "1234abcd", "0f0e");
+        assert_eq!(again.slug, "home/myapp:git-1234abcd-0f0e/push/slug.tgz");
+        assert_eq!(again.source, "home/myapp:git-1234abcd-0f0e/tar");
+    }
+}

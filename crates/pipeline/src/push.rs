@@ -1,0 +1,80 @@
+//! The one interface where a received push meets the build pipeline:
+//! "run this push, write output here, give me a verdict".
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::source::Source;
+use deis_types::names::{AppName, CommitId};
+
+/// A push that passed authentication, authorisation and ref checks.
+#[derive(Debug)]
+pub struct Push {
+    /// Random id, used in logs, container labels and `REQUEST_ID`.
+    pub id: String,
+    pub app: AppName,
+    pub user: String,
+    pub commit: CommitId,
+    /// Read access to the pushed tree (it still sits in git's quarantine).
+    pub source: Source,
+    /// When `git receive-pack` was started for this push: the receive stage is logged.
+    pub receive_started: std::time::Instant,
+}
+
+/// Whether the push may land. The pipeline has already written the reason to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Reject,
+}
+
+#[async_trait::async_trait]
+pub trait PushRunner: Send + Sync {
+    /// Runs the whole pipeline for `push`. Must stop promptly and clean up when `cancel` fires
+    /// (the client went away or the server is shutting down).
+    async fn run(&self, push: Push, out: Output, cancel: CancellationToken) -> Verdict;
+}
+
+/// Where a push's progress goes: the client's terminal, as `remote:` lines.
+/// Cheap to clone; writes never fail (if the client is gone the text is dropped and the push
+/// is cancelled through its token instead).
+#[derive(Debug, Clone)]
+pub struct Output {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Output {
+    /// Returns the writer and the receiving end the transport drains.
+    pub fn channel(capacity: usize) -> (Output, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Output { tx }, rx)
+    }
+
+    pub async fn bytes(&self, data: Bytes) {
+        // An error means the reader is gone; cancellation handles that case.
+        let _ = self.tx.send(data).await;
+    }
+
+    pub async fn line(&self, text: impl AsRef<str>) {
+        let mut data = String::with_capacity(text.as_ref().len() + 1);
+        data.push_str(text.as_ref());
+        data.push('\n');
+        self.bytes(Bytes::from(data)).await;
+    }
+
+    /// A section header, Heroku style.
+    pub async fn step(&self, text: impl AsRef<str>) {
+        self.line(format!("-----> {}", text.as_ref())).await;
+    }
+
+    /// A body line under a header, indented 7 spaces.
+    pub async fn detail(&self, text: impl AsRef<str>) {
+        self.line(format!("       {}", text.as_ref())).await;
+    }
+
+    /// An error line, Heroku style.
+    pub async fn error(&self, text: impl AsRef<str>) {
+        self.line(format!(" !     {}", text.as_ref())).await;
+    }
+}
