@@ -4,7 +4,7 @@
 //! builder at debug log level with JSON logs; then everything users and operators see is
 //! searched for them. And a build container, inspected while it runs, is locked down.
 //!
-//! What build output may show (the policy in `src/build/redact.rs`): config values are the
+//! What build output may show (the policy in `crates/pipeline/src/redact.rs`): config values are the
 //! app's own business, except `SSH_KEY`, values of secret-named vars (`*KEY*`, `*SECRET*`,
 //! `*PASSWORD*`, `*TOKEN*`, … at least 8 bytes) and URL credentials, which are redacted;
 //! the builder's own credentials never enter a build at all.
