@@ -1,9 +1,8 @@
 # shellcheck shell=bash
 # Machine set-up shared by the scripts in scripts/ (and stack/, slugrunner/, benches/):
 # logging, locks, free ports, Debian packages, the Docker engine, the S3 server (moto) and
-# the registry, plus cargo-fuzz for fuzzing. It also loads stack/lib.sh, the stack's own
-# functions (ensure_stack_image, ensure_runner_image); the benchmarks' extra tools are in
-# scripts/bench-lib.sh.
+# the registry. It also loads stack/lib.sh, the stack's own functions (ensure_stack_image,
+# ensure_runner_image); the benchmarks' extra tools are in scripts/bench-lib.sh.
 #
 # Source this file; it defines functions only and leaves shell options alone, so it can
 # also be sourced from an interactive shell. Every ensure_* function is idempotent: it
@@ -309,17 +308,6 @@ ensure_docker() {
         export DOCKER_HOST=unix://$socket
     fi
     log "docker: engine up after ${waited}s (pid $pid)"
-}
-
-# cargo-fuzz for the unpacker's libFuzzer target (fuzz/). It needs nightly flags, which
-# RUSTC_BOOTSTRAP=1 unlocks on the stable toolchain.
-ensure_cargo_fuzz() {
-    if cargo fuzz --version >/dev/null 2>&1; then
-        log "cargo-fuzz: $(cargo fuzz --version)"
-        return 0
-    fi
-    log "cargo install cargo-fuzz"
-    cargo install --locked cargo-fuzz </dev/null >&2 || die "cargo install cargo-fuzz failed"
 }
 
 # -------------------------------------------------------------------------- services
