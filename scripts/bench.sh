@@ -15,6 +15,8 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 source "$repo_root/scripts/lib.sh"
+# shellcheck source=scripts/bench-lib.sh
+source "$repo_root/scripts/bench-lib.sh"
 
 ensure_packages
 ensure_docker

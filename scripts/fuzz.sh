@@ -5,6 +5,7 @@
 #   scripts/fuzz.sh                      every target, 300 s each
 #   scripts/fuzz.sh 60                   every target, 60 s each
 #   scripts/fuzz.sh 600 procfile names   only these targets
+#   scripts/fuzz.sh --list               the target names, one a line (fuzz/Cargo.toml)
 #
 # Targets: unpack (slug/tar unpacking), ssh_command (SSH exec command), names (app names,
 # commit ids, image references, pushed ref updates), procfile (Procfile and release
@@ -21,7 +22,36 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 source "$repo_root/scripts/lib.sh"
 
-all_targets=(unpack ssh_command names procfile slugignore controller_reply)
+# The targets are the [[bin]] entries of fuzz/Cargo.toml, in their order there.
+list_targets() {
+    awk '
+        /^[ \t]*\[/ { in_bin = ($0 ~ /^[ \t]*\[\[[ \t]*bin[ \t]*\]\][ \t]*(#.*)?$/) }
+        in_bin && /^[ \t]*name[ \t]*=/ {
+            value = substr($0, index($0, "=") + 1)
+            gsub(/^[ \t]*"|"[ \t]*(#.*)?$/, "", value)
+            print value
+        }
+    ' "$repo_root/fuzz/Cargo.toml"
+}
+
+# cargo-fuzz for the libFuzzer targets. It needs nightly flags, which RUSTC_BOOTSTRAP=1
+# unlocks on the stable toolchain.
+ensure_cargo_fuzz() {
+    if cargo fuzz --version >/dev/null 2>&1; then
+        log "cargo-fuzz: $(cargo fuzz --version)"
+        return 0
+    fi
+    log "cargo install cargo-fuzz"
+    cargo install --locked cargo-fuzz </dev/null >&2 || die "cargo install cargo-fuzz failed"
+}
+
+if [[ ${1:-} == --list ]]; then
+    list_targets
+    exit
+fi
+
+mapfile -t all_targets < <(list_targets)
+((${#all_targets[@]})) || die "no fuzz targets ([[bin]] entries) in fuzz/Cargo.toml"
 seconds=${1:-300}
 shift || true
 targets=("$@")

@@ -1,5 +1,8 @@
 # shellcheck shell=bash
-# Set-up helpers shared by scripts/test.sh and scripts/run.sh.
+# Machine set-up shared by the scripts in scripts/ (and stack/, slugrunner/, benches/):
+# logging, locks, free ports, Debian packages, the Docker engine, the S3 server (moto) and
+# the registry. It also loads stack/lib.sh, the stack's own functions (ensure_stack_image,
+# ensure_runner_image); the benchmarks' extra tools are in scripts/bench-lib.sh.
 #
 # Source this file; it defines functions only and leaves shell options alone, so it can
 # also be sourced from an interactive shell. Every ensure_* function is idempotent: it
@@ -8,12 +11,9 @@
 # Services started here are detached (they outlive the calling script), bind 127.0.0.1
 # only, and keep their pid, port and log under DEIS_STATE_DIR.
 #
-# Settings (all optional):
-#   DEIS_STACK_IMAGE        stack build image name (default deis-builder/stack:bookworm)
-#   DEIS_STACK_RUN_IMAGE    stack run image name (default deis-builder/stack-run:bookworm)
-#   DEIS_RUNNER_IMAGE       slug runner image name (default deis-builder/slugrunner:latest)
-#   DEIS_DEBIAN_MIRROR      mirror for debootstrap (default: the one apt uses)
+# Settings (all optional; the stack's are listed in stack/lib.sh):
 #   DEIS_STATE_DIR          pids, ports, logs (default ~/.cache/deis-builder/services)
+#   DEIS_TOOLS_VENV         Python venv for moto (default ~/.cache/deis-builder/venv)
 #   DEIS_DOCKER_STORAGE_DRIVER  force a storage driver for a dockerd we start
 #   DEIS_DOCKER_START_TIMEOUT   seconds to wait for a dockerd we start (default 90)
 
@@ -22,14 +22,10 @@ if [[ -z ${HOME:-} ]]; then
     export HOME
 fi
 
-DEIS_STACK_IMAGE=${DEIS_STACK_IMAGE:-deis-builder/stack:bookworm}
-DEIS_STACK_RUN_IMAGE=${DEIS_STACK_RUN_IMAGE:-deis-builder/stack-run:bookworm}
 DEIS_STATE_DIR=${DEIS_STATE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deis-builder/services}
 # moto lives in its own venv when it is not already on PATH (Debian's python refuses
 # system-wide pip installs, PEP 668).
 DEIS_TOOLS_VENV=${DEIS_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/deis-builder/venv}
-# Programs installed from crates.io for the benchmarks only (s3s-fs).
-DEIS_TOOLS_DIR=${DEIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/deis-builder/tools}
 DEIS_DEFAULT_DOCKER_SOCKET=/var/run/docker.sock
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -314,214 +310,6 @@ ensure_docker() {
     log "docker: engine up after ${waited}s (pid $pid)"
 }
 
-# ----------------------------------------------------------------------- stack image
-
-# The Debian mirror apt is configured with (for the bookworm suite), from one-line
-# sources.list files or deb822 .sources files.
-debian_mirror() {
-    if [[ -n ${DEIS_DEBIAN_MIRROR:-} ]]; then
-        echo "$DEIS_DEBIAN_MIRROR"
-        return
-    fi
-    local mirror='' file
-    local -a list_files=() deb822_files=()
-    [[ -f /etc/apt/sources.list ]] && list_files+=(/etc/apt/sources.list)
-    for file in /etc/apt/sources.list.d/*.list; do
-        [[ -f $file ]] && list_files+=("$file")
-    done
-    for file in /etc/apt/sources.list.d/*.sources; do
-        [[ -f $file ]] && deb822_files+=("$file")
-    done
-    if ((${#deb822_files[@]})); then
-        mirror=$(awk '
-            function flush() {
-                if (uri != "" && enabled != "no" && types ~ /(^| )deb( |$)/ &&
-                    suites ~ /(^| )bookworm( |$)/ && found == "") found = uri
-                types = ""; suites = ""; uri = ""; enabled = ""
-            }
-            FNR == 1 { flush() }
-            /^[ \t]*#/ { next }
-            /^[ \t]*$/ { flush(); next }
-            /^[A-Za-z-]+:/ {
-                key = tolower(substr($0, 1, index($0, ":") - 1))
-                value = substr($0, index($0, ":") + 1)
-                gsub(/^[ \t]+|[ \t]+$/, "", value)
-                if (key == "types") types = value
-                else if (key == "suites") suites = value
-                else if (key == "enabled") enabled = tolower(value)
-                else if (key == "uris") { split(value, parts, /[ \t]+/); uri = parts[1] }
-            }
-            END { flush(); print found }
-        ' "${deb822_files[@]}")
-    fi
-    if [[ -z $mirror ]] && ((${#list_files[@]})); then
-        mirror=$(awk '
-            $1 == "deb" {
-                i = 2
-                if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                if ($(i + 1) == "bookworm") { print $i; exit }
-            }
-        ' "${list_files[@]}")
-    fi
-    case $mirror in
-        http://* | https://* | file:/*) echo "${mirror%/}" ;;
-        *) echo "http://deb.debian.org/debian" ;;
-    esac
-}
-
-# Unmount anything left mounted under DIR (a failed debootstrap leaves proc/sys), then
-# remove DIR without crossing into another filesystem.
-remove_rootfs_dir() {
-    local dir=$1 mountpoint
-    [[ -d $dir ]] || return 0
-    while read -r mountpoint; do
-        umount -l "$mountpoint" 2>/dev/null || true
-    done < <(awk -v root="$dir/" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r)
-    rm -rf --one-file-system "$dir"
-}
-
-# Hash of the stack recipe (the files of stack/ except documentation): the stack images
-# carry it in the label io.deis.builder.stack.recipe, so a changed recipe rebuilds them.
-stack_recipe() {
-    local stack_dir
-    stack_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/../stack" && pwd) || return 1
-    (cd "$stack_dir" && find . -type f ! -name '*.md' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) |
-        sha256sum | cut -c1-16
-}
-
-# stack_images_current RECIPE: both stack images exist and were built from RECIPE.
-stack_images_current() {
-    local image label
-    for image in "$DEIS_STACK_IMAGE" "$DEIS_STACK_RUN_IMAGE"; do
-        label=$(docker image inspect --format \
-            '{{index .Config.Labels "io.deis.builder.stack.recipe"}}' "$image" 2>/dev/null) ||
-            return 1
-        [[ $label == "$1" ]] || return 1
-    done
-}
-
-# The build image ($DEIS_STACK_IMAGE) and the run image ($DEIS_STACK_RUN_IMAGE), built by
-# stack/build.sh (debootstrap, no pulls) when either is missing or was built from another
-# recipe than the current stack/ folder.
-ensure_stack_image() {
-    local recipe
-    recipe=$(stack_recipe) || die "cannot hash the stack recipe (stack/)"
-    export DEIS_STACK_RUN_IMAGE
-    if stack_images_current "$recipe"; then
-        log "stack images: $DEIS_STACK_IMAGE and $DEIS_STACK_RUN_IMAGE up to date (recipe $recipe)"
-        return 0
-    fi
-    acquire_lock stack-image
-    if stack_images_current "$recipe"; then
-        release_lock
-        log "stack images: $DEIS_STACK_IMAGE and $DEIS_STACK_RUN_IMAGE up to date (recipe $recipe)"
-        return 0
-    fi
-    local mirror status=0
-    mirror=$(debian_mirror)
-    DEIS_STACK_RECIPE=$recipe DEIS_DEBIAN_MIRROR=$mirror \
-        bash "$(dirname "${BASH_SOURCE[0]}")/../stack/build.sh" </dev/null || status=$?
-    release_lock
-    ((status == 0)) || die "stack image build failed"
-}
-
-# ---------------------------------------------------------------------- runner image
-
-# The slug runner image: the stack's run image plus the slugrunner binary
-# (slugrunner/Dockerfile).
-DEIS_RUNNER_IMAGE=${DEIS_RUNNER_IMAGE:-deis-builder/slugrunner:latest}
-
-# Builds slugrunner statically linked (glibc with crt-static) so it runs in any stack
-# image; prints the binary's path. Uses its own --target so the flags never touch the
-# host build of the builder.
-build_runner_binary() {
-    local repo_root target_dir triple
-    repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    target_dir=${CARGO_TARGET_DIR:-$HOME/.cache/deis-builder/target}
-    triple=$(rustc -vV | awk '$1 == "host:" { print $2 }')
-    [[ -n $triple ]] || die "cannot tell rustc's host target"
-    log "runner image: cargo build --release -p slugrunner --target $triple (static)"
-    (
-        cd "$repo_root"
-        RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-            CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-            cargo build --release -p slugrunner --target "$triple" \
-            --target-dir "$target_dir" </dev/null >&2
-    ) || die "building slugrunner failed"
-    local binary=$target_dir/$triple/release/slugrunner
-    # A static(-pie) binary lists no shared libraries ("=>" lines).
-    if ldd "$binary" 2>/dev/null | grep -q '=>'; then
-        die "slugrunner is dynamically linked: $(ldd "$binary" | tr '\n' ' ')"
-    fi
-    echo "$binary"
-}
-
-# Builds $DEIS_RUNNER_IMAGE FROM $DEIS_STACK_RUN_IMAGE with the legacy builder (which never
-# pulls an image that is present locally). Idempotent: labels record the binary's sha256
-# and the run image id, and the image is rebuilt only when either changed.
-ensure_runner_image() {
-    local repo_root binary started=$SECONDS
-    repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    binary=$(build_runner_binary) || die "building the slugrunner binary failed"
-    local binary_sha stack_id wanted current
-    binary_sha=$(sha256sum "$binary" | cut -d' ' -f1)
-    stack_id=$(docker image inspect --format '{{.Id}}' "$DEIS_STACK_RUN_IMAGE") ||
-        die "stack run image $DEIS_STACK_RUN_IMAGE missing (run ensure_stack_image first)"
-    wanted="$binary_sha $stack_id"
-    acquire_lock runner-image
-    current=$(docker image inspect --format \
-        '{{index .Config.Labels "io.deis.builder.slugrunner.sha256"}} {{index .Config.Labels "io.deis.builder.stack.id"}}' \
-        "$DEIS_RUNNER_IMAGE" 2>/dev/null || true)
-    if [[ $current == "$wanted" ]]; then
-        release_lock
-        log "runner image: $DEIS_RUNNER_IMAGE up to date ($((SECONDS - started))s)"
-        export DEIS_RUNNER_IMAGE
-        return 0
-    fi
-    local context previous_id previous_base
-    previous_id=$(docker image inspect --format '{{.Id}}' "$DEIS_RUNNER_IMAGE" 2>/dev/null || true)
-    previous_base=$(docker image inspect --format \
-        '{{index .Config.Labels "io.deis.builder.stack.id"}}' "$DEIS_RUNNER_IMAGE" 2>/dev/null || true)
-    context=$(mktemp -d "${TMPDIR:-/tmp}/deis-runner.XXXXXX")
-    cp "$repo_root/slugrunner/Dockerfile" "$binary" "$context/"
-    local status=0 build_started=$SECONDS output
-    # The legacy builder's deprecation notice is noise; its output is shown on failure.
-    output=$(DOCKER_BUILDKIT=0 docker build --quiet --pull=false \
-        --build-arg "RUN_IMAGE=$DEIS_STACK_RUN_IMAGE" \
-        --label "io.deis.builder.slugrunner.sha256=$binary_sha" \
-        --label "io.deis.builder.stack.id=$stack_id" \
-        --tag "$DEIS_RUNNER_IMAGE" "$context" 2>&1) || status=$?
-    rm -rf "$context"
-    release_lock
-    if ((status != 0)); then
-        printf '%s\n' "$output" >&2
-        die "docker build of $DEIS_RUNNER_IMAGE failed ($status)"
-    fi
-    # The replaced image would linger untagged; one still used by a container stays. So
-    # would the stack image it was built from once a rebuilt stack took its tag.
-    if [[ -n $previous_id ]]; then
-        docker image rm "$previous_id" >/dev/null 2>&1 || true
-    fi
-    if [[ -n $previous_base && $previous_base != "$stack_id" ]] &&
-        [[ $(docker image inspect --format '{{len .RepoTags}}' "$previous_base" 2>/dev/null) == 0 ]]; then
-        docker image rm "$previous_base" >/dev/null 2>&1 || true
-    fi
-    log "runner image: built $DEIS_RUNNER_IMAGE in $((SECONDS - build_started))s" \
-        "(binary $(stat -c %s "$binary") bytes; $((SECONDS - started))s with cargo)"
-    export DEIS_RUNNER_IMAGE
-}
-
-# cargo-fuzz for the unpacker's libFuzzer target (fuzz/). It needs nightly flags, which
-# RUSTC_BOOTSTRAP=1 unlocks on the stable toolchain.
-ensure_cargo_fuzz() {
-    if cargo fuzz --version >/dev/null 2>&1; then
-        log "cargo-fuzz: $(cargo fuzz --version)"
-        return 0
-    fi
-    log "cargo install cargo-fuzz"
-    cargo install --locked cargo-fuzz </dev/null >&2 || die "cargo install cargo-fuzz failed"
-}
-
 # -------------------------------------------------------------------------- services
 
 # reuse_service NAME URL_PATH NEEDLE PROCESS_WORD: succeeds (printing the port) when a
@@ -589,62 +377,6 @@ ensure_s3() {
     export DEIS_IT_S3_ENDPOINT=http://127.0.0.1:$port
 }
 
-# s3s-fs (crates.io), a second real S3 server for the upload benchmark: moto is one Python
-# process and limits both contenders there. Installed with cargo into DEIS_TOOLS_DIR and
-# started with the AWS_* test credentials (it refuses unsigned requests, so the probe looks
-# for its AccessDenied answer). Exports DEIS_S3S_ENDPOINT and DEIS_S3S_PID.
-DEIS_S3S_FS_VERSION=0.14.1
-ensure_s3s_fs() {
-    local bin=$DEIS_TOOLS_DIR/bin/s3s-fs port pid
-    acquire_lock s3s-fs
-    if ! [[ -x $bin ]] || [[ $("$bin" --version 2>/dev/null) != *"$DEIS_S3S_FS_VERSION"* ]]; then
-        log "cargo install s3s-fs $DEIS_S3S_FS_VERSION into $DEIS_TOOLS_DIR"
-        cargo install --locked --quiet --features binary --root "$DEIS_TOOLS_DIR" \
-            "s3s-fs@$DEIS_S3S_FS_VERSION" </dev/null >&2 || {
-            release_lock
-            die "cargo install s3s-fs failed"
-        }
-    fi
-    if port=$(reuse_service s3s-fs / '' s3s-fs); then
-        log "s3s-fs: reusing 127.0.0.1:$port"
-    else
-        stop_stale_service s3s-fs s3s-fs
-        port=$(free_port)
-        local logfile=$DEIS_STATE_DIR/s3s-fs.log data=$DEIS_STATE_DIR/s3s-fs-data
-        mkdir -p "$data"
-        printf '\n==== %s s3s-fs start ====\n' "$(date -Is)" >>"$logfile"
-        pid=$(spawn_detached "$logfile" "$bin" --host 127.0.0.1 --port "$port" \
-            --access-key "${AWS_ACCESS_KEY_ID:-testing}" \
-            --secret-key "${AWS_SECRET_ACCESS_KEY:-testing}" "$data")
-        wait_for_service s3s-fs "$pid" "$port" / '' "$logfile"
-        echo "$pid" >"$DEIS_STATE_DIR/s3s-fs.pid"
-        echo "$port" >"$DEIS_STATE_DIR/s3s-fs.port"
-        log "s3s-fs: started on 127.0.0.1:$port (pid $pid, log $logfile)"
-    fi
-    release_lock
-    DEIS_S3S_PID=$(<"$DEIS_STATE_DIR/s3s-fs.pid")
-    export DEIS_S3S_ENDPOINT=http://127.0.0.1:$port DEIS_S3S_PID
-}
-
-# awscli (PyPI) in the tools venv: the baseline of the upload benchmark (`aws s3 cp`).
-# Exports DEIS_AWSCLI, the path of its `aws`.
-ensure_awscli() {
-    local aws=$DEIS_TOOLS_VENV/bin/aws
-    acquire_lock awscli
-    if [[ -x $aws ]] && "$aws" --version >/dev/null 2>&1; then
-        log "awscli: $aws"
-    else
-        log "installing awscli into $DEIS_TOOLS_VENV"
-        mkdir -p "$(dirname "$DEIS_TOOLS_VENV")"
-        [[ -x $DEIS_TOOLS_VENV/bin/pip ]] || python3 -m venv "$DEIS_TOOLS_VENV"
-        "$DEIS_TOOLS_VENV/bin/pip" install -q --disable-pip-version-check awscli </dev/null ||
-            die "pip install awscli failed"
-        "$aws" --version >/dev/null 2>&1 || die "awscli still missing after pip install"
-    fi
-    release_lock
-    export DEIS_AWSCLI=$aws
-}
-
 ensure_registry() {
     local port
     acquire_lock registry
@@ -679,3 +411,10 @@ EOF
     release_lock
     export DEIS_IT_REGISTRY=127.0.0.1:$port
 }
+
+# ----------------------------------------------------------------------------- stack
+
+# The stack's functions (ensure_stack_image, ensure_runner_image and the helpers
+# stack/build.sh uses), so every script that sources this file can ensure the images.
+# shellcheck source=stack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../stack/lib.sh"

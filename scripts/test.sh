@@ -84,7 +84,8 @@ cargo test "${cargo_args[@]}" -- \
 # DEIS_FUZZ_SECONDS=0 skips it. Longer runs: scripts/fuzz.sh [seconds-per-target].
 fuzz_seconds=${DEIS_FUZZ_SECONDS:-60}
 if ((fuzz_seconds > 0 && full_run)); then
-    fuzz_targets=6
+    fuzz_targets=$("$repo_root/scripts/fuzz.sh" --list | wc -l)
+    ((fuzz_targets > 0)) || die "no fuzz targets in fuzz/Cargo.toml"
     per_target=$((fuzz_seconds / fuzz_targets))
     ((per_target > 0)) || per_target=1
     section "fuzzing (${per_target}s per target)"
