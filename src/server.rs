@@ -1,7 +1,7 @@
 //! Start-up and shutdown of `deis-builder serve`: wires settings into the services, binds
 //! the listeners, sweeps what a previous run left behind, and stops cleanly on a signal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,38 +27,15 @@ use deis_types::names::{AppName, ImageRef};
 const CLEANUP_GRACE: Duration = Duration::from_secs(15);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let data_dir = settings
-        .data_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve data dir {}", settings.data_dir.display()))?;
-
+    let data_dir = create_data_dir(&settings)?;
     let (controller, store, engine) = services(&settings, &data_dir).await?;
     let stack = Stack::inspect(&engine, &settings.build)
         .await
         .context("stack")?;
     sweep_leftovers(&settings, &data_dir, &engine).await?;
-    let final_engine = engine.clone();
-
     let default_key = settings.host_keys == [settings.data_dir.join("ssh_host_ed25519_key")];
     let host_keys = deis_frontdoor::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
-
-    let run_dir = data_dir.join("run");
-    std::fs::create_dir_all(&run_dir).context("cannot create run dir")?;
-    let socket = run_dir.join("hook.sock");
-    let _ = std::fs::remove_file(&socket);
-    let hook_listener =
-        UnixListener::bind(&socket).with_context(|| format!("cannot bind {}", socket.display()))?;
-    restrict(&socket)?;
-    let exe = std::env::current_exe().context("cannot locate own executable")?;
-
-    let ssh_listener = TcpListener::bind(settings.ssh_addr)
-        .await
-        .with_context(|| format!("cannot listen for SSH on {}", settings.ssh_addr))?;
-    let http_listener = TcpListener::bind(settings.http_addr)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+    let listeners = Listeners::bind(&settings, &data_dir).await?;
 
     let pipeline = Arc::new(Pipeline {
         controller: controller.clone(),
@@ -67,23 +44,26 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings: settings.build.clone(),
         stack: stack.clone(),
     });
-    // Two stages: `stop_accepting` closes the doors; `abort` cancels what still runs
-    // once the grace period is over.
+    // Two stages: `draining` closes the doors; `abort` cancels what still runs once the
+    // grace period is over.
     let shutdown = Shutdown::default();
-    let (stop_accepting, abort) = (shutdown.draining.clone(), shutdown.abort.clone());
-    let tracker = TaskTracker::new();
     let limits = &settings.limits;
-    let admission = Admission::new(limits.max_builds, shutdown);
-    let git = GitServer::new(data_dir.join("repos"), socket, exe, admission.clone()).with_limits(
-        PushLimits {
-            max_push_bytes: limits.max_push_bytes,
-            lock_wait: limits.lock_wait,
-        },
-    );
+    let admission = Admission::new(limits.max_builds, shutdown.clone());
+    let exe = std::env::current_exe().context("cannot locate own executable")?;
+    let git = GitServer::new(
+        data_dir.join("repos"),
+        listeners.hook_socket.clone(),
+        exe,
+        admission.clone(),
+    )
+    .with_limits(PushLimits {
+        max_push_bytes: limits.max_push_bytes,
+        lock_wait: limits.lock_wait,
+    });
 
     tracing::info!(
-        ssh = %deis_frontdoor::ssh::describe_listener(ssh_listener.local_addr()?),
-        http = %http_listener.local_addr()?,
+        ssh = %deis_frontdoor::ssh::describe_listener(listeners.ssh.local_addr()?),
+        http = %listeners.http.local_addr()?,
         controller = %controller.describe(),
         storage = %store.describe(),
         stack_image = %settings.build.stack_image,
@@ -100,14 +80,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         max_connections: limits.max_connections,
         login_timeout: limits.login_timeout,
     };
-    // Health reports SSH down once the accept loop has stopped (shutdown, or a failure).
-    let ssh_listening = Arc::new(AtomicBool::new(true));
     let health = crate::http::Health {
         store,
-        engine,
+        engine: engine.clone(),
         controller,
-        ssh_listening: ssh_listening.clone(),
+        ssh_listening: Arc::new(AtomicBool::new(true)),
     };
+    let tracker = TaskTracker::new();
     let imports = crate::http::Imports {
         admission,
         tasks: tracker.clone(),
@@ -117,51 +96,142 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .as_ref()
             .map(|key| key.expose().to_owned()),
     };
-    // The hook socket stays open until the end: running pushes still need it, and pushes
-    // that arrive during shutdown are told the builder is restarting.
-    let close_hooks = CancellationToken::new();
-    let hooks = tokio::spawn(deis_frontdoor::git::hook::serve(
-        hook_listener,
-        git,
-        pipeline,
-        close_hooks.clone(),
-        tracker.clone(),
-    ));
-    let accept_loop = ssh.run(ssh_listener, stop_accepting.clone(), tracker.clone());
-    tracker.spawn(async move {
-        accept_loop.await;
-        ssh_listening.store(false, Ordering::Relaxed);
-    });
-    // HTTP stays up until the very end, so health reports the drain and metrics stay
-    // readable while running pushes finish.
-    let close_http = CancellationToken::new();
-    let http = tokio::spawn(crate::http::serve(
-        http_listener,
-        health,
-        imports,
-        close_http.clone(),
-    ));
+    let running = Running::start(
+        listeners,
+        ssh,
+        (git, pipeline),
+        (health, imports),
+        &shutdown,
+    );
 
     wait_for_signal().await;
-    let grace = limits.shutdown_grace;
-    tracing::info!("shutting down: no new connections; running pushes get {grace:?}");
-    stop_accepting.cancel();
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("grace period over; cancelling the remaining pushes");
-        abort.cancel();
-        // Cancelled builds remove their containers and roll back their objects.
-        let _ = tokio::time::timeout(CLEANUP_GRACE, tracker.wait()).await;
-    }
-    abort.cancel();
-    close_hooks.cancel();
-    let _ = hooks.await;
-    sweep_on_exit(&final_engine).await;
-    close_http.cancel();
-    // Graceful: an answer being written is finished (imports ran in the tracker, so
-    // they are over), but a hung connection must not hold the exit.
-    let _ = tokio::time::timeout(CLEANUP_GRACE, http).await;
+    running
+        .stop(&shutdown, limits.shutdown_grace, &engine)
+        .await;
     Ok(())
+}
+
+fn create_data_dir(settings: &Settings) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    settings
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve data dir {}", settings.data_dir.display()))
+}
+
+/// Everything `serve` listens on, bound before anything is served so that a taken port
+/// stops start-up with a clear error.
+struct Listeners {
+    ssh: TcpListener,
+    http: TcpListener,
+    hook: UnixListener,
+    hook_socket: PathBuf,
+}
+
+impl Listeners {
+    async fn bind(settings: &Settings, data_dir: &Path) -> anyhow::Result<Listeners> {
+        let run_dir = data_dir.join("run");
+        std::fs::create_dir_all(&run_dir).context("cannot create run dir")?;
+        let hook_socket = run_dir.join("hook.sock");
+        let _ = std::fs::remove_file(&hook_socket);
+        let hook = UnixListener::bind(&hook_socket)
+            .with_context(|| format!("cannot bind {}", hook_socket.display()))?;
+        restrict(&hook_socket)?;
+        let ssh = TcpListener::bind(settings.ssh_addr)
+            .await
+            .with_context(|| format!("cannot listen for SSH on {}", settings.ssh_addr))?;
+        let http = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", settings.http_addr))?;
+        Ok(Listeners {
+            ssh,
+            http,
+            hook,
+            hook_socket,
+        })
+    }
+}
+
+/// The served listeners, and how to close them in order.
+struct Running {
+    tracker: TaskTracker,
+    hooks: tokio::task::JoinHandle<()>,
+    close_hooks: CancellationToken,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    close_http: CancellationToken,
+}
+
+impl Running {
+    /// Serves SSH, the hook socket (pushes reach `pipeline` through it) and HTTP. Running
+    /// work is tracked by the imports' tracker, which pushes share.
+    fn start(
+        listeners: Listeners,
+        ssh: SshServer,
+        (git, pipeline): (GitServer, Arc<Pipeline>),
+        (health, imports): (crate::http::Health, crate::http::Imports),
+        shutdown: &Shutdown,
+    ) -> Running {
+        let tracker = imports.tasks.clone();
+        // The hook socket stays open until the end: running pushes still need it, and
+        // pushes that arrive during shutdown are told the builder is restarting.
+        let close_hooks = CancellationToken::new();
+        let hooks = tokio::spawn(deis_frontdoor::git::hook::serve(
+            listeners.hook,
+            git,
+            pipeline,
+            close_hooks.clone(),
+            tracker.clone(),
+        ));
+        // Health reports SSH down once the accept loop has stopped (shutdown, or a failure).
+        let ssh_listening = health.ssh_listening.clone();
+        let accept_loop = ssh.run(listeners.ssh, shutdown.draining.clone(), tracker.clone());
+        tracker.spawn(async move {
+            accept_loop.await;
+            ssh_listening.store(false, Ordering::Relaxed);
+        });
+        // HTTP stays up until the very end, so health reports the drain and metrics stay
+        // readable while running pushes finish.
+        let close_http = CancellationToken::new();
+        let http = tokio::spawn(crate::http::serve(
+            listeners.http,
+            health,
+            imports,
+            close_http.clone(),
+        ));
+        Running {
+            tracker,
+            hooks,
+            close_hooks,
+            http,
+            close_http,
+        }
+    }
+
+    /// Drains: no new work, running work gets `grace`, then is cancelled and cleaned up;
+    /// the containers are swept, and HTTP closes last.
+    async fn stop(self, shutdown: &Shutdown, grace: Duration, engine: &Engine) {
+        tracing::info!("shutting down: no new connections; running pushes get {grace:?}");
+        shutdown.draining.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; cancelling the remaining pushes");
+            shutdown.abort.cancel();
+            // Cancelled builds remove their containers and roll back their objects.
+            let _ = tokio::time::timeout(CLEANUP_GRACE, self.tracker.wait()).await;
+        }
+        shutdown.abort.cancel();
+        self.close_hooks.cancel();
+        let _ = self.hooks.await;
+        sweep_on_exit(engine).await;
+        self.close_http.cancel();
+        // Graceful: an answer being written is finished (imports ran in the tracker, so
+        // they are over), but a hung connection must not hold the exit.
+        let _ = tokio::time::timeout(CLEANUP_GRACE, self.http).await;
+    }
 }
 
 /// Cancelled builds remove their containers from a background task; the process must not
@@ -262,9 +332,7 @@ async fn services(
 
 /// `deis-builder pull`: imports one image and prints the progress. Returns the release.
 pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
-    let data_dir = settings.data_dir.canonicalize()?;
+    let data_dir = create_data_dir(&settings)?;
     let request = ImportRequest {
         app: AppName::parse(&args.app).context("--app")?,
         image: ImageRef::parse(&args.image)?,

@@ -9,6 +9,7 @@ mod gzip;
 mod ignore;
 mod pack;
 mod procfile;
+pub mod tar_writer;
 mod unpack;
 
 #[cfg(test)]

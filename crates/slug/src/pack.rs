@@ -10,7 +10,9 @@ use std::io::{self, Read, Write};
 use sha2::{Digest, Sha256};
 
 use super::gzip::ParallelGzip;
-use tar::{EntryType, Header};
+use tar::EntryType;
+
+use crate::tar_writer::{CopyError, TarWriter};
 
 use super::ignore::SlugIgnore;
 
@@ -25,10 +27,6 @@ pub const SLUG_MTIME: u64 = 315_532_800;
 const GZIP_LEVEL: u32 = 6;
 /// gzip header OS byte "Unix", fixed so the bytes do not depend on the build platform.
 const GZIP_OS_UNIX: u8 = 3;
-const COPY_BUFFER_BYTES: usize = 256 * 1024;
-const BLOCK: usize = 512;
-/// Name and link-name fields of a tar header; longer values need a GNU long-name entry.
-const NAME_FIELD_BYTES: usize = 100;
 /// setuid/setgid are dropped: nothing in a slug should gain privileges when run.
 const DROPPED_MODE_BITS: u32 = 0o6000;
 
@@ -481,8 +479,7 @@ fn truncated(rel_text: &str) -> SlugError {
 
 /// Tar-over-gzip-over-sha256 output.
 struct SlugWriter<W: Write> {
-    gz: ParallelGzip<HashingWriter<W>>,
-    buffer: Vec<u8>,
+    tar: TarWriter<ParallelGzip<HashingWriter<W>>>,
 }
 
 impl<W: Write> SlugWriter<W> {
@@ -495,13 +492,11 @@ impl<W: Write> SlugWriter<W> {
         // No file name and mtime 0 in the gzip header: same input, same bytes.
         let gz = ParallelGzip::new(hashing, GZIP_LEVEL, GZIP_OS_UNIX).map_err(SlugError::Io)?;
         Ok(SlugWriter {
-            gz,
-            buffer: Vec::new(),
+            tar: TarWriter::new(gz, 0, SLUG_MTIME),
         })
     }
 
-    /// Writes a GNU-format header (plus long-name entries when needed) with the slug's
-    /// fixed owner and time.
+    /// A header with the slug's fixed owner and time.
     fn header(
         &mut self,
         name: &[u8],
@@ -510,38 +505,13 @@ impl<W: Write> SlugWriter<W> {
         mode: u32,
         size: u64,
     ) -> Result<(), SlugError> {
-        if let Some(link) = link.filter(|l| l.len() > NAME_FIELD_BYTES) {
-            self.long_name_entry(b'K', link)?;
-        }
-        if name.len() > NAME_FIELD_BYTES {
-            self.long_name_entry(b'L', name)?;
-        }
-        let mut header = fixed_header(entry_type, mode, size);
-        copy_truncated(&mut header.as_old_mut().name, name);
-        if let Some(link) = link {
-            copy_truncated(&mut header.as_old_mut().linkname, link);
-        }
-        header.set_cksum();
-        self.gz.write_all(header.as_bytes()).map_err(SlugError::Io)
-    }
-
-    /// GNU `././@LongLink` entry carrying a name or link name that does not fit.
-    fn long_name_entry(&mut self, type_flag: u8, value: &[u8]) -> Result<(), SlugError> {
-        let size = value.len() as u64 + 1; // NUL-terminated, as GNU tar writes it
-        let mut header = fixed_header(EntryType::new(type_flag), 0o644, size);
-        copy_truncated(&mut header.as_old_mut().name, b"././@LongLink");
-        header.set_cksum();
-        self.gz
-            .write_all(header.as_bytes())
-            .map_err(SlugError::Io)?;
-        self.gz.write_all(value).map_err(SlugError::Io)?;
-        self.gz.write_all(&[0]).map_err(SlugError::Io)?;
-        self.pad(size)
+        self.tar
+            .header(name, link, entry_type, mode, size)
+            .map_err(SlugError::Io)
     }
 
     fn data(&mut self, bytes: &[u8]) -> Result<(), SlugError> {
-        self.gz.write_all(bytes).map_err(SlugError::Io)?;
-        self.pad(bytes.len() as u64)
+        self.tar.data(bytes).map_err(SlugError::Io)
     }
 
     /// Streams exactly `size` bytes; a short input is an error, never a corrupt slug.
@@ -551,66 +521,27 @@ impl<W: Write> SlugWriter<W> {
         size: u64,
         rel_text: &str,
     ) -> Result<(), SlugError> {
-        if self.buffer.is_empty() {
-            self.buffer = vec![0; COPY_BUFFER_BYTES];
-        }
-        let mut remaining = size;
-        while remaining > 0 {
-            let want = remaining.min(self.buffer.len() as u64) as usize;
-            let read = match input.read(&mut self.buffer[..want]) {
-                Ok(0) => return Err(truncated(rel_text)),
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    return Err(SlugError::Tar {
-                        context: format!("data of {rel_text:?}"),
-                        error,
-                    })
+        self.tar
+            .copy_data(input, size)
+            .map_err(|error| match error {
+                CopyError::Input(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                    truncated(rel_text)
                 }
-            };
-            self.gz
-                .write_all(&self.buffer[..read])
-                .map_err(SlugError::Io)?;
-            remaining -= read as u64;
-        }
-        self.pad(size)
-    }
-
-    fn pad(&mut self, size: u64) -> Result<(), SlugError> {
-        let partial = (size % BLOCK as u64) as usize;
-        if partial != 0 {
-            self.gz
-                .write_all(&[0; BLOCK][..BLOCK - partial])
-                .map_err(SlugError::Io)?;
-        }
-        Ok(())
+                CopyError::Input(error) => SlugError::Tar {
+                    context: format!("data of {rel_text:?}"),
+                    error,
+                },
+                CopyError::Output(error) => SlugError::Io(error),
+            })
     }
 
     /// Writes the end-of-archive marker and the gzip trailer; returns (sha256 hex, bytes).
-    fn finish(mut self) -> Result<(String, u64), SlugError> {
-        self.gz.write_all(&[0; 2 * BLOCK]).map_err(SlugError::Io)?;
-        let mut hashing = self.gz.finish().map_err(SlugError::Io)?;
+    fn finish(self) -> Result<(String, u64), SlugError> {
+        let gz = self.tar.finish().map_err(SlugError::Io)?;
+        let mut hashing = gz.finish().map_err(SlugError::Io)?;
         hashing.inner.flush().map_err(SlugError::Io)?;
         Ok((hex::encode(hashing.hasher.finalize()), hashing.written))
     }
-}
-
-fn fixed_header(entry_type: EntryType, mode: u32, size: u64) -> Header {
-    let mut header = Header::new_gnu();
-    header.set_entry_type(entry_type);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(SLUG_MTIME);
-    header.set_size(size);
-    header
-}
-
-/// Fills a fixed-size name field; GNU tar stores exactly 100 bytes without a NUL and puts
-/// longer names in a long-name entry first.
-fn copy_truncated(field: &mut [u8], value: &[u8]) {
-    let len = value.len().min(field.len());
-    field[..len].copy_from_slice(&value[..len]);
 }
 
 /// Hashes and counts what reaches the real output.
