@@ -18,7 +18,7 @@ use super::redact::{RedactedOutput, Redactor};
 use super::submodule::{self, FetchedSubmodule};
 use super::timing::{Stage, StageTimes};
 use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published};
-use crate::engine::{BuildContainer, BuildContainerSpec, EngineError};
+use crate::engine::{BuildContainerSpec, EngineError, Job};
 use crate::pipe::ByteStream;
 use crate::push::{Output, Push};
 use crate::slug::{self, PackOptions, ProcessTypes, SlugIgnore};
@@ -100,10 +100,11 @@ impl Pipeline {
         let container = times
             .time(
                 Stage::Container,
-                self.engine
-                    .create_build_container(&self.container_spec(push, buildpacks.as_deref())),
+                self.executor
+                    .create(&self.container_spec(push, buildpacks.as_deref())),
             )
             .await?;
+        let job: &dyn Job = container.as_ref();
         let inputs = BuildInputs {
             cache: restored.as_ref().map(|r| r.path.clone()),
             buildpacks,
@@ -114,13 +115,13 @@ impl Pipeline {
         let started = times
             .time(
                 Stage::Container,
-                Self::copy_in_and_start(&container, push, config, inputs),
+                Self::copy_in_and_start(job, push, config, inputs),
             )
             .await;
         let built = match started {
             Ok(()) => {
                 times
-                    .time(Stage::Compile, self.compile(&container, out, redactor))
+                    .time(Stage::Compile, self.compile(job, out, redactor))
                     .await
             }
             Err(error) => Err(error),
@@ -132,11 +133,11 @@ impl Pipeline {
                     times
                         .time(
                             Stage::Cache,
-                            self.save_cache(push, &container, previous, &workspace, out),
+                            self.save_cache(push, job, previous, &workspace, out),
                         )
                         .await;
                 }
-                self.pack_and_store(&container, ignore, keys, published, times)
+                self.pack_and_store(job, ignore, keys, published, times)
                     .await
             }
             Err(error) => Err(error),
@@ -248,7 +249,7 @@ impl Pipeline {
     async fn save_cache(
         &self,
         push: &Push,
-        container: &BuildContainer,
+        container: &dyn Job,
         previous: Option<&str>,
         workspace: &Workspace,
         out: &Output,
@@ -318,7 +319,7 @@ impl Pipeline {
 
     /// Copies the input (source, config, cache, buildpacks) in and starts the driver.
     async fn copy_in_and_start(
-        container: &BuildContainer,
+        container: &dyn Job,
         push: &Push,
         config: &BTreeMap<String, String>,
         inputs: BuildInputs,
@@ -344,13 +345,13 @@ impl Pipeline {
     /// Streams the driver's output live (secrets redacted) and waits for it to exit.
     async fn compile(
         &self,
-        container: &BuildContainer,
+        container: &dyn Job,
         out: &Output,
         redactor: Redactor,
     ) -> Result<(), BuildError> {
         let relay = async {
             let mut shown = RedactedOutput::new(out, redactor);
-            let mut output = std::pin::pin!(container.output());
+            let mut output = container.output();
             while let Some(chunk) = output.next().await {
                 match chunk {
                     Ok(data) => shown.write(&data).await,
@@ -368,7 +369,7 @@ impl Pipeline {
             2 => Err(BuildError::NoBuildpack),
             // Killed by a signal we did not send: if the engine is gone, it stopped (and
             // took the build with it); say so rather than blame the build.
-            code if code > 128 && self.engine.ping().await.is_err() => {
+            code if code > 128 && self.executor.ping().await.is_err() => {
                 Err(EngineError::Connect(format!(
                     "the engine stopped during the build, which was killed (exit status {code})"
                 ))
@@ -383,14 +384,14 @@ impl Pipeline {
     /// limit, and the rest is only counted so the developer learns the real size.
     async fn pack_and_store(
         &self,
-        container: &BuildContainer,
+        container: &dyn Job,
         ignore: SlugIgnore,
         keys: &Keys,
         published: &Published,
         times: &StageTimes,
     ) -> Result<slug::PackedSlug, BuildError> {
         let pack_started = std::time::Instant::now();
-        let download: ByteStream = Box::pin(container.download("/app"));
+        let download: ByteStream = container.download("/app");
         let app_tree = SyncIoBridge::new(StreamReader::new(download));
         let (mut writer, slug_stream) = crate::pipe::pipe(8);
         let packer = tokio::task::spawn_blocking(move || {

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use crate::config::BuildSettings;
 use crate::controller::{BuildHook, Controller, ControllerError};
-use crate::engine::{Engine, EngineError, RegistryApi, TagRemoval};
+use crate::engine::{Engine, EngineError, Executor, Images, RegistryTag, TagRemoval};
 use crate::git::GitError;
 use crate::metrics::{self, BuildKind, PushResult};
 use crate::names::AppName;
@@ -199,7 +199,10 @@ impl Keys {
 pub struct Pipeline {
     pub controller: Arc<dyn Controller>,
     pub store: Arc<dyn ObjectStore>,
-    pub engine: Engine,
+    /// Runs buildpack builds: the Docker engine, or [`crate::engine::fake`] in tests.
+    pub executor: Arc<dyn Executor>,
+    /// Dockerfile builds, pushes, pulls and tags.
+    pub images: Arc<dyn Images>,
     pub settings: BuildSettings,
     pub stack: Stack,
 }
@@ -214,7 +217,7 @@ impl PushRunner for Pipeline {
             let started = Instant::now();
             let receive = started.saturating_duration_since(push.receive_started);
             let times = StageTimes::default();
-            let published = Published::new(self.store.clone(), self.engine.clone());
+            let published = Published::new(self.store.clone(), self.images.clone());
             let built = tokio::select! {
                 built = self.build(&push, &out, &published, &times) => Some(built),
                 () = cancel.cancelled() => None,
@@ -462,9 +465,9 @@ where
 /// failed push leaves nothing behind. What existed before (an earlier push) stays.
 struct Published {
     store: Arc<dyn ObjectStore>,
-    engine: Engine,
+    images: Arc<dyn Images>,
     created: Mutex<Vec<String>>,
-    images: Mutex<Vec<PublishedImage>>,
+    tags: Mutex<Vec<PublishedImage>>,
 }
 
 /// An image tag a push created: in the local engine, and in the registry once pushed.
@@ -472,23 +475,23 @@ struct Published {
 pub(crate) struct PublishedImage {
     /// `repository:tag` in the local engine.
     pub reference: String,
-    /// The registry's API, the repository name in it and the tag, once pushed there.
-    pub registry: Option<(RegistryApi, String, String)>,
+    /// The tag in the registry, once pushed there.
+    pub registry: Option<RegistryTag>,
 }
 
 impl Published {
-    fn new(store: Arc<dyn ObjectStore>, engine: Engine) -> Published {
+    fn new(store: Arc<dyn ObjectStore>, images: Arc<dyn Images>) -> Published {
         Published {
             store,
-            engine,
+            images,
             created: Mutex::new(Vec::new()),
-            images: Mutex::new(Vec::new()),
+            tags: Mutex::new(Vec::new()),
         }
     }
 
     /// Records a tag this push created (call again once it is in the registry).
     fn image(&self, image: PublishedImage) {
-        let mut images = self.images.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut images = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
         images.retain(|known| known.reference != image.reference);
         images.push(image);
     }
@@ -509,7 +512,7 @@ impl Published {
     /// The release was cut: everything stays.
     fn keep(&self) {
         self.created_keys().clear();
-        self.images
+        self.tags
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
@@ -522,11 +525,10 @@ impl Published {
                 tracing::error!(%error, %key, "cannot delete object of a failed push");
             }
         }
-        let images =
-            std::mem::take(&mut *self.images.lock().unwrap_or_else(PoisonError::into_inner));
+        let images = std::mem::take(&mut *self.tags.lock().unwrap_or_else(PoisonError::into_inner));
         for image in images {
-            if let Some((api, name, tag)) = &image.registry {
-                match api.delete_tag(name, tag).await {
+            if let Some(registry) = &image.registry {
+                match self.images.delete_registry_tag(registry).await {
                     Ok(TagRemoval::Deleted | TagRemoval::Absent) => {}
                     Ok(TagRemoval::Shared { other_tag }) => tracing::warn!(
                         image = %image.reference, %other_tag,
@@ -538,7 +540,7 @@ impl Published {
                     ),
                 }
             }
-            if let Err(error) = self.engine.remove_image(&image.reference).await {
+            if let Err(error) = self.images.remove(&image.reference).await {
                 tracing::error!(%error, image = %image.reference, "cannot remove the image tag of a failed push");
             }
         }
