@@ -10,6 +10,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub mod fake;
 mod images;
 mod registry;
 
