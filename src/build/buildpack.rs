@@ -18,7 +18,7 @@ use super::redact::{RedactedOutput, Redactor};
 use super::submodule::{self, FetchedSubmodule};
 use super::timing::{Stage, StageTimes};
 use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published};
-use crate::engine::{BuildContainerSpec, EngineError, Job};
+use crate::engine::{BuildContainerSpec, Job};
 use crate::pipe::ByteStream;
 use crate::push::{Output, Push};
 use crate::slug::{self, PackOptions, ProcessTypes, SlugIgnore};
@@ -370,10 +370,9 @@ impl Pipeline {
             // Killed by a signal we did not send: if the engine is gone, it stopped (and
             // took the build with it); say so rather than blame the build.
             code if code > 128 && self.executor.ping().await.is_err() => {
-                Err(EngineError::Connect(format!(
+                Err(BuildError::EngineLost(format!(
                     "the engine stopped during the build, which was killed (exit status {code})"
-                ))
-                .into())
+                )))
             }
             code => Err(BuildError::BuildFailed(code)),
         }

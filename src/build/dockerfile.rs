@@ -196,8 +196,9 @@ impl Pipeline {
     /// away, or a base image is not in the engine (which cannot pull it here).
     async fn explain_failed_build(&self, push: &Push, error: EngineError) -> BuildError {
         if self.images.ping().await.is_err() {
-            return EngineError::Connect(format!("the engine stopped during the build ({error})"))
-                .into();
+            return BuildError::EngineLost(format!(
+                "the engine stopped during the build ({error})"
+            ));
         }
         if let EngineError::BuildFailed(_) = &error {
             let dockerfile = push

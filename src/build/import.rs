@@ -62,23 +62,18 @@ impl Pipeline {
             }
             () = cancel.cancelled() => Err(BuildError::Cancelled),
         };
-        let imported = match staged {
-            // Not raced against cancellation: once asked, the controller may cut the release
-            // whether or not we wait, and its image must then stay (the call has a timeout).
-            Ok(staged) => self
-                .release_import(request, &staged, out, &times)
-                .await
-                .map(|version| (version, staged.reference)),
-            Err(error) => Err(error),
-        };
-        match &imported {
-            Ok(_) => published.keep(),
-            Err(BuildError::Controller(error)) if error.is_unreachable() => {
-                tracing::warn!("release outcome unknown; keeping the imported image");
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(error) => {
+                published.roll_back().await;
+                return Err(error);
             }
-            Err(_) => published.roll_back().await,
-        }
-        let (version, image) = imported?;
+        };
+        // Not raced against cancellation: once asked, the controller may cut the release
+        // whether or not we wait, and its image must then stay (the call has a timeout).
+        let released = self.release_import(request, &staged, out, &times).await;
+        published.settle(&released).await;
+        let (version, image) = (released?, staged.reference);
         tracing::info!(
             app = %request.app,
             version,

@@ -152,6 +152,10 @@ pub enum BuildError {
     BuildFailed(i64),
     #[error("the build took longer than {0:?} and was stopped")]
     Timeout(Duration),
+    /// The engine went away during the build (and took the build with it): an outage,
+    /// not the build's fault.
+    #[error("cannot reach the Docker engine: {0}")]
+    EngineLost(String),
     /// An import stopped before its release by its caller's token (the server's shutdown).
     #[error("stopped: the builder is shutting down")]
     Cancelled,
@@ -163,6 +167,53 @@ pub enum BuildError {
     Release(#[from] slug::ReleaseError),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// What kind of failure ended a push or an import. One classification decides the HTTP
+/// status of a failed import, whether a failed release keeps its objects, and the
+/// `failure` field of the log event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A service could not be reached or did not answer in time (engine, storage,
+    /// controller), or the builder is stopping: worth trying again later. A release call
+    /// that ends so may still have cut the release.
+    Outage,
+    /// A service answered and said no: the controller or the registry refused.
+    Refused,
+    /// Everything else: the push or image itself (a failed build, bad config, a bad
+    /// Procfile, an image that cannot be pulled) and engine errors that are not outages.
+    Invalid,
+}
+
+impl Failure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Outage => "outage",
+            Failure::Refused => "refused",
+            Failure::Invalid => "invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl BuildError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            BuildError::Controller(error) if error.is_unreachable() => Failure::Outage,
+            BuildError::Controller(_) => Failure::Refused,
+            BuildError::Storage(_) | BuildError::EngineLost(_) | BuildError::Cancelled => {
+                Failure::Outage
+            }
+            BuildError::Engine(EngineError::Connect(_)) => Failure::Outage,
+            BuildError::Engine(EngineError::Registry(_)) => Failure::Refused,
+            _ => Failure::Invalid,
+        }
+    }
 }
 
 /// Object keys of one build, in the Deis layout.
@@ -225,7 +276,7 @@ impl PushRunner for Pipeline {
             let artifact = match built {
                 Some(Ok(artifact)) => artifact,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "push rejected");
+                    tracing::warn!(%error, failure = %error.failure(), "push rejected");
                     out.error(format!("Build failed: {error}")).await;
                     published.roll_back().await;
                     metrics::push_finished(PushResult::Failed);
@@ -245,9 +296,9 @@ impl PushRunner for Pipeline {
             let released = times
                 .time(Stage::Release, self.release(&push, &artifact, &out))
                 .await;
+            published.settle(&released).await;
             match released {
                 Ok(version) => {
-                    published.keep();
                     tracing::info!(
                         version,
                         elapsed_ms = timing::millis(started.elapsed()),
@@ -271,16 +322,8 @@ impl PushRunner for Pipeline {
                     Verdict::Accept
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "release failed");
+                    tracing::warn!(%error, failure = %error.failure(), "release failed");
                     out.error(format!("Build failed: {error}")).await;
-                    let ambiguous =
-                        matches!(&error, BuildError::Controller(e) if e.is_unreachable());
-                    if ambiguous {
-                        // The controller may have released it: keep what it would point to.
-                        tracing::warn!("release outcome unknown; keeping the build's objects");
-                    } else {
-                        published.roll_back().await;
-                    }
                     metrics::push_finished(PushResult::Failed);
                     Verdict::Reject
                 }
@@ -507,6 +550,19 @@ impl Published {
             self.created_keys().push(key.to_owned());
         }
         Ok(written)
+    }
+
+    /// After the release call (never before: until it is asked, a failure rolls back):
+    /// a cut release keeps everything; a refused one rolls back; one whose outcome is
+    /// unknown (an outage: the controller may have cut it) keeps what it would point to.
+    async fn settle<T>(&self, released: &Result<T, BuildError>) {
+        match released {
+            Ok(_) => self.keep(),
+            Err(error) if error.failure() == Failure::Outage => {
+                tracing::warn!("release outcome unknown; keeping what this push or import created");
+            }
+            Err(_) => self.roll_back().await,
+        }
     }
 
     /// The release was cut: everything stays.

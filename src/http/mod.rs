@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::build::queue::BuildQueue;
-use crate::build::{BuildError, ImportRequest, Pipeline};
+use crate::build::{BuildError, Failure, ImportRequest, Pipeline};
 use crate::controller::Controller;
 use crate::engine::Engine;
 use crate::git::lock::AppLocks;
@@ -222,7 +222,7 @@ async fn import(
             )
         }
         Err(error) => {
-            tracing::warn!(%error, %app, "import failed");
+            tracing::warn!(%error, failure = %error.failure(), %app, "import failed");
             (
                 import_failure_status(&error),
                 Json(json!({ "detail": error.to_string(), "output": output })),
@@ -231,23 +231,19 @@ async fn import(
     }
 }
 
-/// What a failed import answers: the controller's own refusal (403, 404, …) passes through;
-/// an outage of the controller, engine, storage or registry is 502/503, so the caller
-/// knows to retry; anything else (a bad or missing image) is 422.
+/// What a failed import answers, by [`Failure`]: an outage (controller, engine, storage,
+/// shutdown) is 503, so the caller knows to retry; a refusal is the controller's own 4xx
+/// (403, 404, …) or else 502; anything else (a bad or missing image) is 422.
 fn import_failure_status(error: &BuildError) -> StatusCode {
-    use crate::engine::EngineError;
-    match error {
-        BuildError::Controller(e) if e.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
-        BuildError::Controller(e) => e
+    match (error.failure(), error) {
+        (Failure::Outage, _) => StatusCode::SERVICE_UNAVAILABLE,
+        (Failure::Refused, BuildError::Controller(e)) => e
             .status()
             .filter(|code| (400..500).contains(code))
             .and_then(|code| StatusCode::from_u16(code).ok())
             .unwrap_or(StatusCode::BAD_GATEWAY),
-        BuildError::Engine(EngineError::Connect(_))
-        | BuildError::Storage(_)
-        | BuildError::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
-        BuildError::Engine(EngineError::Registry(_)) => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
+        (Failure::Refused, _) => StatusCode::BAD_GATEWAY,
+        (Failure::Invalid, _) => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -385,6 +381,18 @@ mod tests {
                 BuildError::Engine(EngineError::Connect("down".into())),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
+            (
+                BuildError::EngineLost("the engine stopped during the build".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                BuildError::Controller(ControllerError::Timeout {
+                    url: "http://127.0.0.1:1".into(),
+                    timeout: Duration::from_secs(1),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (BuildError::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
             (
                 BuildError::Engine(EngineError::Registry("unauthorized".into())),
                 StatusCode::BAD_GATEWAY,
