@@ -169,7 +169,7 @@ impl Pipeline {
         times
             .time(
                 Stage::Upload,
-                published.put(&keys.procfile, &mut procfile.as_bytes()),
+                published.put(&keys.procfile, std::io::Cursor::new(procfile.into_bytes())),
             )
             .await?;
         Ok(Artifact {
@@ -410,14 +410,17 @@ impl Pipeline {
             };
             (packed, std::time::Instant::now())
         });
-        let mut body = SizeLimit {
+        let body = SizeLimit {
             inner: StreamReader::new(slug_stream),
             read: 0,
             limit: self.settings.slug_max_bytes,
         };
-        let stored = published.put(&keys.slug, &mut body).await;
-        let exceeded = body.exceeded();
-        if exceeded {
+        let (stored, mut body) = match published.put_body(&keys.slug, body).await {
+            Ok((stored, body)) => (stored.map_err(BuildError::from), Some(body)),
+            Err(error) => (Err(error), None),
+        };
+        let exceeded = body.as_ref().is_some_and(SizeLimit::exceeded);
+        if let (Some(body), true) = (&mut body, exceeded) {
             // Keep the packer going to its end so the message can give the full size.
             let _ = tokio::io::copy(&mut body.inner, &mut tokio::io::sink()).await;
         }
@@ -435,7 +438,7 @@ impl Pipeline {
         // An upload error wins over the packer's (which only says the pipe closed); an
         // oversize slug is reported below with its full size.
         if let (Err(error), false) = (stored, exceeded) {
-            return Err(error.into());
+            return Err(error);
         }
         let packed = packed?;
         if exceeded || packed.compressed_bytes > self.settings.slug_max_bytes {

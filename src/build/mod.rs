@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_util::io::{StreamReader, SyncIoBridge};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::BuildSettings;
@@ -359,8 +360,8 @@ impl Pipeline {
         // other, and both must succeed before the release. Both are waited for, even
         // when one fails: a put dropped in flight could still land after the rollback.
         let store_source = times.time(Stage::Source, async {
-            let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
-            published.put(&keys.source, &mut source_tar).await?;
+            let source_tar = StreamReader::new(push.source.archive(&push.commit)?);
+            published.put(&keys.source, source_tar).await?;
             Ok::<(), BuildError>(())
         });
         let build = async {
@@ -506,11 +507,20 @@ where
 
 /// Objects and image tags this push created, deleted again if the push does not land, so a
 /// failed push leaves nothing behind. What existed before (an earlier push) stays.
+///
+/// Each put runs as a task tracked here, its key recorded before it starts: a cancelled
+/// push drops its futures, but a put dropped late may still publish (the local store syncs
+/// the directory after its rename; S3 may be completing a multipart upload). A rollback
+/// therefore first stops the bodies still being read (the store then aborts those puts)
+/// and waits for every put to end, and only then deletes.
 struct Published {
     store: Arc<dyn ObjectStore>,
     images: Arc<dyn Images>,
     created: Mutex<Vec<String>>,
     tags: Mutex<Vec<PublishedImage>>,
+    uploads: TaskTracker,
+    /// Fired by the rollback: fails the bodies of puts still running.
+    stop: CancellationToken,
 }
 
 /// An image tag a push created: in the local engine, and in the registry once pushed.
@@ -529,6 +539,8 @@ impl Published {
             images,
             created: Mutex::new(Vec::new()),
             tags: Mutex::new(Vec::new()),
+            uploads: TaskTracker::new(),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -539,17 +551,47 @@ impl Published {
         images.push(image);
     }
 
-    async fn put(
+    async fn put<B>(&self, key: &str, body: B) -> Result<u64, BuildError>
+    where
+        B: tokio::io::AsyncRead + Send + Unpin + 'static,
+    {
+        let (written, _) = self.put_body(key, body).await?;
+        Ok(written?)
+    }
+
+    /// [`Published::put`], giving the body back to a caller that reads on after a failed
+    /// put. The outer error is for a put that could not be started or did not end.
+    async fn put_body<B>(
         &self,
         key: &str,
-        body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
-    ) -> Result<u64, StorageError> {
-        let existed = self.store.exists(key).await?;
-        let written = self.store.put(key, body).await?;
-        if !existed {
+        body: B,
+    ) -> Result<(Result<u64, StorageError>, B), BuildError>
+    where
+        B: tokio::io::AsyncRead + Send + Unpin + 'static,
+    {
+        if !self.store.exists(key).await? {
+            // Before the put: one dropped half-way may still publish, and must be found.
             self.created_keys().push(key.to_owned());
         }
-        Ok(written)
+        let store = self.store.clone();
+        let owned_key = key.to_owned();
+        let mut body = Stoppable {
+            inner: body,
+            stop: Box::pin(self.stop.clone().cancelled_owned()),
+        };
+        let upload = self.uploads.spawn(async move {
+            let written = store.put(&owned_key, &mut body).await;
+            (written, body.inner)
+        });
+        match upload.await {
+            Ok(done) => Ok(done),
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(error) => Err(BuildError::Io(io::Error::other(format!(
+                    "the upload of {key} did not finish: {error}"
+                )))),
+            },
+        }
     }
 
     /// After the release call (never before: until it is asked, a failure rolls back):
@@ -575,6 +617,9 @@ impl Published {
     }
 
     async fn roll_back(&self) {
+        self.stop.cancel();
+        self.uploads.close();
+        self.uploads.wait().await;
         let keys = std::mem::take(&mut *self.created_keys());
         for key in keys {
             if let Err(error) = self.store.delete(&key).await {
@@ -604,6 +649,28 @@ impl Published {
 
     fn created_keys(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
         self.created.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An upload body that fails once `stop` fires, even while the inner reader waits.
+struct Stoppable<R> {
+    inner: R,
+    stop: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stoppable<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::future::Future;
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Err(io::Error::other(
+                "the push was stopped: upload abandoned",
+            )));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
