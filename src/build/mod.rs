@@ -12,6 +12,9 @@ mod redact;
 mod submodule;
 mod timing;
 
+#[cfg(test)]
+mod tests;
+
 pub use import::{ImportRequest, Imported};
 
 use std::io;
@@ -671,21 +674,5 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stoppable<R> {
             )));
         }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deis_key_layout() {
-        let keys = Keys::new(&AppName::parse("myapp").unwrap(), "1234abcd");
-        assert_eq!(keys.source, "home/myapp:git-1234abcd/tar");
-        assert_eq!(keys.slug, "home/myapp:git-1234abcd/push/slug.tgz");
-        assert_eq!(keys.procfile, "home/myapp:git-1234abcd/push/Procfile");
-        let again = Keys::for_push(&AppName::parse("myapp").unwrap(), "1234abcd", "0f0e");
-        assert_eq!(again.slug, "home/myapp:git-1234abcd-0f0e/push/slug.tgz");
-        assert_eq!(again.source, "home/myapp:git-1234abcd-0f0e/tar");
     }
 }
