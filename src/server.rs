@@ -40,7 +40,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline {
         controller: controller.clone(),
         store: store.clone(),
-        engine: engine.clone(),
+        executor: Arc::new(engine.clone()),
+        images: Arc::new(engine.clone()),
         settings: settings.build.clone(),
         stack: stack.clone(),
     });
@@ -355,7 +356,8 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
     let pipeline = Pipeline {
         controller,
         store,
-        engine,
+        executor: Arc::new(engine.clone()),
+        images: Arc::new(engine),
         settings: settings.build.clone(),
         // An import runs no build: it needs neither the stack nor the build network.
         stack: Stack::for_imports_only(),

@@ -25,7 +25,7 @@ use deis_executor::Engine;
 use deis_frontdoor::admission::{Admission, Refusal};
 use deis_metrics::BuildKind;
 use deis_pipeline::push::Output;
-use deis_pipeline::{BuildError, ImportRequest, Pipeline};
+use deis_pipeline::{BuildError, Failure, ImportRequest, Pipeline};
 use deis_slug::ProcessTypes;
 use deis_storage::ObjectStore;
 use deis_types::names::{AppName, ImageRef};
@@ -221,7 +221,7 @@ async fn import(
             )
         }
         Err(error) => {
-            tracing::warn!(%error, %app, "import failed");
+            tracing::warn!(%error, failure = %error.failure(), %app, "import failed");
             (
                 import_failure_status(&error),
                 Json(json!({ "detail": error.to_string(), "output": output })),
@@ -230,23 +230,19 @@ async fn import(
     }
 }
 
-/// What a failed import answers: the controller's own refusal (403, 404, …) passes through;
-/// an outage of the controller, engine, storage or registry is 502/503, so the caller
-/// knows to retry; anything else (a bad or missing image) is 422.
+/// What a failed import answers, by [`Failure`]: an outage (controller, engine, storage,
+/// shutdown) is 503, so the caller knows to retry; a refusal is the controller's own 4xx
+/// (403, 404, …) or else 502; anything else (a bad or missing image) is 422.
 fn import_failure_status(error: &BuildError) -> StatusCode {
-    use deis_executor::EngineError;
-    match error {
-        BuildError::Controller(e) if e.is_unreachable() => StatusCode::SERVICE_UNAVAILABLE,
-        BuildError::Controller(e) => e
+    match (error.failure(), error) {
+        (Failure::Outage, _) => StatusCode::SERVICE_UNAVAILABLE,
+        (Failure::Refused, BuildError::Controller(e)) => e
             .status()
             .filter(|code| (400..500).contains(code))
             .and_then(|code| StatusCode::from_u16(code).ok())
             .unwrap_or(StatusCode::BAD_GATEWAY),
-        BuildError::Engine(EngineError::Connect(_))
-        | BuildError::Storage(_)
-        | BuildError::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
-        BuildError::Engine(EngineError::Registry(_)) => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
+        (Failure::Refused, _) => StatusCode::BAD_GATEWAY,
+        (Failure::Invalid, _) => StatusCode::UNPROCESSABLE_ENTITY,
     }
 }
 
@@ -384,6 +380,18 @@ mod tests {
                 BuildError::Engine(EngineError::Connect("down".into())),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
+            (
+                BuildError::EngineLost("the engine stopped during the build".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                BuildError::Controller(ControllerError::Timeout {
+                    url: "http://127.0.0.1:1".into(),
+                    timeout: Duration::from_secs(1),
+                }),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (BuildError::Cancelled, StatusCode::SERVICE_UNAVAILABLE),
             (
                 BuildError::Engine(EngineError::Registry("unauthorized".into())),
                 StatusCode::BAD_GATEWAY,

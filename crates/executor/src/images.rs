@@ -1,6 +1,8 @@
-//! Images: Dockerfile builds, pushes to the private registry, pulls for imports.
+//! Images: Dockerfile builds, pushes to the private registry, pulls for imports; behind
+//! the [`Images`] trait, which [`Engine`] implements.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
@@ -9,9 +11,53 @@ use bollard::query_parameters::{
 };
 use futures_util::{Stream, StreamExt};
 
+use super::registry::{RegistryApi, RegistryTag, TagRemoval};
 use super::{api, Engine, EngineError, LABEL_PUSH};
 use deis_types::names::ImageRef;
 use deis_types::pipe::ByteStream;
+
+/// Progress lines of an image operation; an error ends it.
+pub type LineStream = Pin<Box<dyn Stream<Item = Result<String, EngineError>> + Send + 'static>>;
+
+/// The image work of Dockerfile builds and imports: build, push, pull, tag, remove, and
+/// the registry tags a failed push leaves. [`Engine`] does it with the Docker engine (and
+/// the registry's HTTP API); [`super::fake::FakeImages`] in memory for pipeline tests.
+#[async_trait::async_trait]
+pub trait Images: Send + Sync + std::fmt::Debug {
+    /// Builds `context` (a tar with the Dockerfile at its root) and tags the result
+    /// `spec.tag`; yields the build's output. Dropping the stream cancels the build.
+    fn build(&self, context: ByteStream, spec: &ImageBuild) -> LineStream;
+
+    /// Pushes `repository:tag`; yields progress lines. Errors (refused credentials
+    /// included) end the stream.
+    fn push(&self, repository: &str, tag: &str, auth: Option<&RegistryAuth>) -> LineStream;
+
+    /// Pulls `image`; yields progress lines.
+    fn pull(&self, image: &ImageRef, auth: Option<&RegistryAuth>) -> LineStream;
+
+    /// Tags `image` as `repository:tag`.
+    async fn tag(&self, image: &str, repository: &str, tag: &str) -> Result<(), EngineError>;
+
+    /// The image's content id (`sha256:…`); an error when there is no such image.
+    async fn image_id(&self, image: &str) -> Result<String, EngineError>;
+
+    /// Removes a tag (and the image if nothing else uses it); a missing image is fine.
+    async fn remove(&self, image: &str) -> Result<(), EngineError>;
+
+    /// Whether `repository:tag` exists in its registry. `Ok(None)` means "not there".
+    async fn registry_digest(
+        &self,
+        repository: &str,
+        tag: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<Option<String>, EngineError>;
+
+    /// Removes a tag a failed push published, unless its manifest is shared.
+    async fn delete_registry_tag(&self, tag: &RegistryTag) -> Result<TagRemoval, EngineError>;
+
+    /// Whether the engine is still there: a failed build is explained by its absence.
+    async fn ping(&self) -> Result<(), EngineError>;
+}
 
 /// Credentials for one registry. `Debug` never shows the password.
 #[derive(Clone)]
@@ -79,19 +125,15 @@ fn stream_error(error: bollard::errors::Error, classify: fn(String) -> EngineErr
     }
 }
 
-impl Engine {
-    /// Builds `context` (a tar with the Dockerfile at its root); yields the build's output
-    /// as it is produced. Intermediate containers are removed even when a step fails.
+#[async_trait::async_trait]
+impl Images for Engine {
+    /// Intermediate containers are removed even when a step fails.
     ///
     /// One label, the push id: it makes every push's image unique, so the registry tag of
     /// a failed push can always be deleted without taking along a manifest another tag
     /// names (two commits with the same context would otherwise build the same image).
     /// Only one: the engine's classic builder makes each label a step of its own, ~55 ms.
-    pub fn build_image(
-        &self,
-        context: ByteStream,
-        spec: &ImageBuild,
-    ) -> impl Stream<Item = Result<String, EngineError>> + Send + 'static {
+    fn build(&self, context: ByteStream, spec: &ImageBuild) -> LineStream {
         let labels = HashMap::from([(LABEL_PUSH.to_owned(), spec.push_id.clone())]);
         let options = BuildImageOptionsBuilder::new()
             .dockerfile("Dockerfile")
@@ -126,19 +168,13 @@ impl Engine {
                 }
             }
         });
-        futures_util::stream::unfold(rx, |mut rx| async move {
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
-        })
+        }))
     }
 
-    /// Pushes `repository:tag`; yields progress lines. Errors (including refused
-    /// credentials, which the engine reports inside the stream) end the stream.
-    pub fn push_image(
-        &self,
-        repository: &str,
-        tag: &str,
-        auth: Option<&RegistryAuth>,
-    ) -> impl Stream<Item = Result<String, EngineError>> + Send + 'static {
+    /// Refused credentials are reported by the engine inside the stream.
+    fn push(&self, repository: &str, tag: &str, auth: Option<&RegistryAuth>) -> LineStream {
         let options = PushImageOptionsBuilder::new().tag(tag).build();
         let credentials = auth.map(RegistryAuth::credentials);
         let docker = self.docker.clone();
@@ -159,12 +195,7 @@ impl Engine {
         })
     }
 
-    /// Pulls `image`; yields progress lines.
-    pub fn pull_image(
-        &self,
-        image: &ImageRef,
-        auth: Option<&RegistryAuth>,
-    ) -> impl Stream<Item = Result<String, EngineError>> + Send + 'static {
+    fn pull(&self, image: &ImageRef, auth: Option<&RegistryAuth>) -> LineStream {
         let options = CreateImageOptionsBuilder::new()
             .from_image(&image.repository)
             .tag(&image.pull_tag())
@@ -187,12 +218,7 @@ impl Engine {
         })
     }
 
-    pub async fn tag_image(
-        &self,
-        image: &str,
-        repository: &str,
-        tag: &str,
-    ) -> Result<(), EngineError> {
+    async fn tag(&self, image: &str, repository: &str, tag: &str) -> Result<(), EngineError> {
         let options = TagImageOptionsBuilder::new()
             .repo(repository)
             .tag(tag)
@@ -203,8 +229,7 @@ impl Engine {
             .map_err(api("tagging the image"))
     }
 
-    /// The image's content id (`sha256:…`).
-    pub async fn image_id(&self, image: &str) -> Result<String, EngineError> {
+    async fn image_id(&self, image: &str) -> Result<String, EngineError> {
         let inspected = self
             .docker
             .inspect_image(image)
@@ -216,8 +241,7 @@ impl Engine {
         })
     }
 
-    /// Removes a tag (and the image if nothing else uses it); a missing image is fine.
-    pub async fn remove_image(&self, image: &str) -> Result<(), EngineError> {
+    async fn remove(&self, image: &str) -> Result<(), EngineError> {
         let options = RemoveImageOptionsBuilder::new().build();
         match self.docker.remove_image(image, Some(options), None).await {
             Ok(_)
@@ -227,16 +251,35 @@ impl Engine {
             Err(e) => Err(api("removing an image")(e)),
         }
     }
+
+    /// Asked through the engine, which knows the registry's transport and auth.
+    async fn registry_digest(
+        &self,
+        repository: &str,
+        tag: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<Option<String>, EngineError> {
+        Engine::registry_digest(self, repository, tag, auth).await
+    }
+
+    /// Through the registry's v2 HTTP API: the engine cannot delete from a registry.
+    async fn delete_registry_tag(&self, tag: &RegistryTag) -> Result<TagRemoval, EngineError> {
+        RegistryApi::new(&tag.host, tag.auth.clone())?
+            .delete_tag(&tag.name, &tag.tag)
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        Engine::ping(self).await
+    }
 }
 
 /// bollard's image streams borrow the client; this owns the client instead so callers
 /// can hold the stream across awaits without borrowing the engine.
-fn async_stream_of<S, F>(
-    make: F,
-) -> impl Stream<Item = Result<String, EngineError>> + Send + 'static
+fn async_stream_of<S, F>(make: F) -> LineStream
 where
     F: FnOnce() -> S + Send + 'static,
-    S: Stream<Item = Result<String, EngineError>> + Send,
+    S: Stream<Item = Result<String, EngineError>> + Send + 'static,
 {
-    futures_util::stream::once(async move { make() }).flatten()
+    Box::pin(futures_util::stream::once(async move { make() }).flatten())
 }

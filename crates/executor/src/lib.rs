@@ -1,15 +1,23 @@
 //! The only code that talks to the Docker engine: build containers, their input and
 //! output archives, and the start-up sweep of anything a previous run left behind.
+//!
+//! The build pipeline sees the engine through two narrow traits: [`Executor`] (build
+//! containers, as [`Job`]s) and [`Images`] (Dockerfile builds, pushes, pulls, tags).
+//! [`Engine`] implements both; [`fake`] runs builds in-process for pipeline tests.
 
 use std::collections::HashMap;
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
 
+/// The in-process executor of the pipeline's own tests (feature `fake`).
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 mod images;
 mod registry;
 
-pub use images::{ImageBuild, RegistryAuth};
-pub use registry::{RegistryApi, TagRemoval};
+pub use images::{ImageBuild, Images, LineStream, RegistryAuth};
+pub use registry::{RegistryApi, RegistryTag, TagRemoval};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -19,6 +27,8 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
+
+use deis_types::pipe::ByteStream;
 
 /// Every container we create carries this label (value: the builder instance id).
 pub const LABEL_INSTANCE: &str = "io.deis.builder.instance";
@@ -75,6 +85,49 @@ pub struct BuildContainerSpec {
     pub pids_limit: i64,
     pub app: String,
     pub push_id: String,
+}
+
+/// A build container's output (stdout and stderr interleaved), as it is written.
+pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send + 'static>>;
+
+/// Runs buildpack build containers: the Docker engine ([`Engine`]), or in-process for
+/// pipeline tests ([`fake::FakeExecutor`]).
+#[async_trait::async_trait]
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// Creates (does not start) a locked-down build container as `spec` says; it carries
+    /// the instance, app and push labels.
+    async fn create(&self, spec: &BuildContainerSpec) -> Result<Box<dyn Job>, EngineError>;
+
+    /// Whether the executor is still there: asked when a build died of a signal the
+    /// builder did not send, to tell an engine outage from a failed build.
+    async fn ping(&self) -> Result<(), EngineError>;
+}
+
+/// One build container. The caller bounds [`Job::wait`] (build timeout, cancellation) and
+/// then calls [`Job::remove`]; a job dropped without it (an error path, a cancelled push)
+/// must still be killed and removed, so none outlives its build (invariant 4).
+#[async_trait::async_trait]
+pub trait Job: Send + Sync + std::fmt::Debug {
+    fn id(&self) -> &str;
+
+    /// Streams a tar archive into the container, unpacked at `/`.
+    async fn upload(&self, tar: ByteStream) -> Result<(), EngineError>;
+
+    async fn start(&self) -> Result<(), EngineError>;
+
+    /// Everything the container writes, as it writes it; ends when the container stops.
+    fn output(&self) -> OutputStream;
+
+    /// The container's exit code once it stops. A build that never stops never returns:
+    /// the caller's timeout or cancellation ends the wait.
+    async fn wait(&self) -> Result<i64, EngineError>;
+
+    /// A tar archive of `path` in the container; entries are named after its last
+    /// component (`/app` gives `app/…`). A missing path fails the stream.
+    fn download(&self, path: &str) -> ByteStream;
+
+    /// Kills and removes the container.
+    async fn remove(self: Box<Self>) -> Result<(), EngineError>;
 }
 
 impl Engine {
@@ -155,7 +208,7 @@ impl Engine {
             removed: false,
         };
         let archive: Result<Vec<Bytes>, io::Error> = container.download(path).try_collect().await;
-        container.remove().await?;
+        Box::new(container).remove().await?;
         let archive = match archive {
             Ok(chunks) => chunks.concat(),
             // The engine answers 404 for a path the image does not have.
@@ -250,12 +303,11 @@ impl Engine {
         }
         Ok(removed)
     }
+}
 
-    /// Creates (does not start) a locked-down build container.
-    pub async fn create_build_container(
-        &self,
-        spec: &BuildContainerSpec,
-    ) -> Result<BuildContainer, EngineError> {
+#[async_trait::async_trait]
+impl Executor for Engine {
+    async fn create(&self, spec: &BuildContainerSpec) -> Result<Box<dyn Job>, EngineError> {
         let labels = HashMap::from([
             (LABEL_INSTANCE.to_owned(), self.instance.clone()),
             (LABEL_APP.to_owned(), spec.app.clone()),
@@ -289,11 +341,15 @@ impl Engine {
             .create_container(None, body)
             .await
             .map_err(api("creating the build container"))?;
-        Ok(BuildContainer {
+        Ok(Box::new(BuildContainer {
             docker: self.docker.clone(),
             id: created.id,
             removed: false,
-        })
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), EngineError> {
+        Engine::ping(self).await
     }
 }
 
@@ -311,8 +367,9 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), EngineError> 
     }
 }
 
-/// A build container. Removed by [`BuildContainer::remove`], or in the background if dropped
-/// on any other path (error, cancellation), so none outlives its build.
+/// A build container in the Docker engine. Removed by [`Job::remove`], or in the
+/// background if dropped on any other path (error, cancellation), so none outlives its
+/// build.
 #[derive(Debug)]
 pub struct BuildContainer {
     docker: Docker,
@@ -320,16 +377,13 @@ pub struct BuildContainer {
     removed: bool,
 }
 
-impl BuildContainer {
-    pub fn id(&self) -> &str {
+#[async_trait::async_trait]
+impl Job for BuildContainer {
+    fn id(&self) -> &str {
         &self.id
     }
 
-    /// Streams a tar archive into the container, unpacked at `/`.
-    pub async fn upload(
-        &self,
-        tar: impl Stream<Item = io::Result<Bytes>> + Send + 'static,
-    ) -> Result<(), EngineError> {
+    async fn upload(&self, tar: ByteStream) -> Result<(), EngineError> {
         let options = UploadToContainerOptionsBuilder::new().path("/").build();
         self.docker
             .upload_to_container(&self.id, Some(options), bollard::body_try_stream(tar))
@@ -337,28 +391,28 @@ impl BuildContainer {
             .map_err(api("copying the build input into the container"))
     }
 
-    pub async fn start(&self) -> Result<(), EngineError> {
+    async fn start(&self) -> Result<(), EngineError> {
         self.docker
             .start_container(&self.id, None)
             .await
             .map_err(api("starting the build container"))
     }
 
-    /// Everything the container writes, as it writes it.
-    pub fn output(&self) -> impl Stream<Item = Result<Bytes, EngineError>> + Send + 'static {
+    fn output(&self) -> OutputStream {
         let options = LogsOptionsBuilder::new()
             .follow(true)
             .stdout(true)
             .stderr(true)
             .build();
-        self.docker
-            .logs(&self.id, Some(options))
-            .map_ok(|chunk| chunk.into_bytes())
-            .map_err(api("reading build output"))
+        Box::pin(
+            self.docker
+                .logs(&self.id, Some(options))
+                .map_ok(|chunk| chunk.into_bytes())
+                .map_err(api("reading build output")),
+        )
     }
 
-    /// The container's exit code once it stops.
-    pub async fn wait(&self) -> Result<i64, EngineError> {
+    async fn wait(&self) -> Result<i64, EngineError> {
         let mut waits = self.docker.wait_container(&self.id, None);
         match waits.next().await {
             Some(Ok(response)) => Ok(response.status_code),
@@ -371,19 +425,21 @@ impl BuildContainer {
         }
     }
 
-    /// A tar archive of `path` in the container; entries are named after its last component.
-    pub fn download(&self, path: &str) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    fn download(&self, path: &str) -> ByteStream {
         let options = DownloadFromContainerOptionsBuilder::new()
             .path(path)
             .build();
-        self.docker
-            .download_from_container(&self.id, Some(options))
-            .map_err(|e| io::Error::other(format!("copying the build output: {e}")))
+        Box::pin(
+            self.docker
+                .download_from_container(&self.id, Some(options))
+                .map_err(|e| io::Error::other(format!("copying the build output: {e}"))),
+        )
     }
 
-    /// Removes the container. When the engine cannot be reached, removal is retried in the
-    /// background until it comes back (see [`remove_when_engine_returns`]).
-    pub async fn remove(mut self) -> Result<(), EngineError> {
+    /// Removes the container (forced: a running one is killed). When the engine cannot be
+    /// reached, removal is retried in the background until it comes back (see
+    /// [`remove_when_engine_returns`]).
+    async fn remove(mut self: Box<Self>) -> Result<(), EngineError> {
         self.removed = true;
         let removed = remove_container(&self.docker, &self.id).await;
         if removed.is_err() {

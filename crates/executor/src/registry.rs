@@ -17,6 +17,17 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
 /// Bounds every call to the registry's HTTP API.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A tag a push put into the private registry: what rolling it back needs.
+#[derive(Debug, Clone)]
+pub struct RegistryTag {
+    /// The registry's `host:port`.
+    pub host: String,
+    pub auth: Option<RegistryAuth>,
+    /// The repository name in the registry (the app).
+    pub name: String,
+    pub tag: String,
+}
+
 /// What became of a tag we tried to remove from the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TagRemoval {

@@ -19,7 +19,7 @@ use super::submodule::{self, FetchedSubmodule};
 use super::timing::{Stage, StageTimes};
 use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published};
 use crate::push::{Output, Push};
-use deis_executor::{BuildContainer, BuildContainerSpec, EngineError};
+use deis_executor::{BuildContainerSpec, Job};
 use deis_slug::{self as slug, PackOptions, ProcessTypes, SlugIgnore};
 use deis_types::pipe::ByteStream;
 
@@ -100,10 +100,11 @@ impl Pipeline {
         let container = times
             .time(
                 Stage::Container,
-                self.engine
-                    .create_build_container(&self.container_spec(push, buildpacks.as_deref())),
+                self.executor
+                    .create(&self.container_spec(push, buildpacks.as_deref())),
             )
             .await?;
+        let job: &dyn Job = container.as_ref();
         let inputs = BuildInputs {
             cache: restored.as_ref().map(|r| r.path.clone()),
             buildpacks,
@@ -114,13 +115,13 @@ impl Pipeline {
         let started = times
             .time(
                 Stage::Container,
-                Self::copy_in_and_start(&container, push, config, inputs),
+                Self::copy_in_and_start(job, push, config, inputs),
             )
             .await;
         let built = match started {
             Ok(()) => {
                 times
-                    .time(Stage::Compile, self.compile(&container, out, redactor))
+                    .time(Stage::Compile, self.compile(job, out, redactor))
                     .await
             }
             Err(error) => Err(error),
@@ -132,11 +133,11 @@ impl Pipeline {
                     times
                         .time(
                             Stage::Cache,
-                            self.save_cache(push, &container, previous, &workspace, out),
+                            self.save_cache(push, job, previous, &workspace, out),
                         )
                         .await;
                 }
-                self.pack_and_store(&container, ignore, keys, published, times)
+                self.pack_and_store(job, ignore, keys, published, times)
                     .await
             }
             Err(error) => Err(error),
@@ -168,7 +169,7 @@ impl Pipeline {
         times
             .time(
                 Stage::Upload,
-                published.put(&keys.procfile, &mut procfile.as_bytes()),
+                published.put(&keys.procfile, std::io::Cursor::new(procfile.into_bytes())),
             )
             .await?;
         Ok(Artifact {
@@ -248,7 +249,7 @@ impl Pipeline {
     async fn save_cache(
         &self,
         push: &Push,
-        container: &BuildContainer,
+        container: &dyn Job,
         previous: Option<&str>,
         workspace: &Workspace,
         out: &Output,
@@ -318,7 +319,7 @@ impl Pipeline {
 
     /// Copies the input (source, config, cache, buildpacks) in and starts the driver.
     async fn copy_in_and_start(
-        container: &BuildContainer,
+        container: &dyn Job,
         push: &Push,
         config: &BTreeMap<String, String>,
         inputs: BuildInputs,
@@ -344,13 +345,13 @@ impl Pipeline {
     /// Streams the driver's output live (secrets redacted) and waits for it to exit.
     async fn compile(
         &self,
-        container: &BuildContainer,
+        container: &dyn Job,
         out: &Output,
         redactor: Redactor,
     ) -> Result<(), BuildError> {
         let relay = async {
             let mut shown = RedactedOutput::new(out, redactor);
-            let mut output = std::pin::pin!(container.output());
+            let mut output = container.output();
             while let Some(chunk) = output.next().await {
                 match chunk {
                     Ok(data) => shown.write(&data).await,
@@ -368,11 +369,10 @@ impl Pipeline {
             2 => Err(BuildError::NoBuildpack),
             // Killed by a signal we did not send: if the engine is gone, it stopped (and
             // took the build with it); say so rather than blame the build.
-            code if code > 128 && self.engine.ping().await.is_err() => {
-                Err(EngineError::Connect(format!(
+            code if code > 128 && self.executor.ping().await.is_err() => {
+                Err(BuildError::EngineLost(format!(
                     "the engine stopped during the build, which was killed (exit status {code})"
-                ))
-                .into())
+                )))
             }
             code => Err(BuildError::BuildFailed(code)),
         }
@@ -383,14 +383,14 @@ impl Pipeline {
     /// limit, and the rest is only counted so the developer learns the real size.
     async fn pack_and_store(
         &self,
-        container: &BuildContainer,
+        container: &dyn Job,
         ignore: SlugIgnore,
         keys: &Keys,
         published: &Published,
         times: &StageTimes,
     ) -> Result<slug::PackedSlug, BuildError> {
         let pack_started = std::time::Instant::now();
-        let download: ByteStream = Box::pin(container.download("/app"));
+        let download: ByteStream = container.download("/app");
         let app_tree = SyncIoBridge::new(StreamReader::new(download));
         let (mut writer, slug_stream) = deis_types::pipe::pipe(8);
         let packer = tokio::task::spawn_blocking(move || {
@@ -410,14 +410,17 @@ impl Pipeline {
             };
             (packed, std::time::Instant::now())
         });
-        let mut body = SizeLimit {
+        let body = SizeLimit {
             inner: StreamReader::new(slug_stream),
             read: 0,
             limit: self.settings.slug_max_bytes,
         };
-        let stored = published.put(&keys.slug, &mut body).await;
-        let exceeded = body.exceeded();
-        if exceeded {
+        let (stored, mut body) = match published.put_body(&keys.slug, body).await {
+            Ok((stored, body)) => (stored.map_err(BuildError::from), Some(body)),
+            Err(error) => (Err(error), None),
+        };
+        let exceeded = body.as_ref().is_some_and(SizeLimit::exceeded);
+        if let (Some(body), true) = (&mut body, exceeded) {
             // Keep the packer going to its end so the message can give the full size.
             let _ = tokio::io::copy(&mut body.inner, &mut tokio::io::sink()).await;
         }
@@ -435,7 +438,7 @@ impl Pipeline {
         // An upload error wins over the packer's (which only says the pipe closed); an
         // oversize slug is reported below with its full size.
         if let (Err(error), false) = (stored, exceeded) {
-            return Err(error.into());
+            return Err(error);
         }
         let packed = packed?;
         if exceeded || packed.compressed_bytes > self.settings.slug_max_bytes {

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use deis_executor::BuildContainer;
+use deis_executor::Job;
 use deis_storage::{ObjectStore, StorageError};
 use deis_types::names::AppName;
 use deis_types::pipe::ByteStream;
@@ -350,13 +350,13 @@ fn strip_cache_prefix(path: &str) -> Option<&str> {
 pub async fn save(
     store: &dyn ObjectStore,
     app: &AppName,
-    container: &BuildContainer,
+    container: &dyn Job,
     previous: Option<&str>,
     dir: &Path,
 ) -> Result<Saved, CacheError> {
     let keys = CacheKeys::new(app);
     let path = dir.join("cache-new.tgz");
-    let download: ByteStream = Box::pin(container.download(CACHE_DIR));
+    let download: ByteStream = container.download(CACHE_DIR);
     let reader = SyncIoBridge::new(StreamReader::new(download));
     let target = path.clone();
     let packed = tokio::task::spawn_blocking(move || -> io::Result<PackedCache> {

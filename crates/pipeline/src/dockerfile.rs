@@ -13,7 +13,7 @@ use super::timing::{Stage, StageTimes};
 use super::{blocking_writer, input, Artifact, BuildError, Pipeline, Published, PublishedImage};
 use crate::push::{Output, Push};
 use crate::settings::RegistrySettings;
-use deis_executor::{EngineError, ImageBuild, RegistryApi, RegistryAuth};
+use deis_executor::{EngineError, ImageBuild, RegistryAuth, RegistryTag};
 use deis_slug::{self as slug, ProcessTypes, SlugIgnore};
 
 /// Largest `.dockerignore`, Dockerfile or Procfile we read from the pushed tree.
@@ -69,7 +69,7 @@ impl Pipeline {
                 tokio::time::timeout(
                     timeout,
                     relay_redacted(
-                        self.engine.build_image(context.archive, &spec),
+                        self.images.build(context.archive, &spec),
                         out,
                         Redactor::for_build(config, None, &self.own_secrets()),
                     ),
@@ -87,11 +87,12 @@ impl Pipeline {
             // manifest (the last step), and rolling back an absent tag is a no-op.
             published.image(PublishedImage {
                 reference: reference.clone(),
-                registry: Some((
-                    RegistryApi::new(&registry.host, auth.clone())?,
-                    push.app.to_string(),
-                    tag.clone(),
-                )),
+                registry: Some(RegistryTag {
+                    host: registry.host.clone(),
+                    auth: auth.clone(),
+                    name: push.app.to_string(),
+                    tag: tag.clone(),
+                }),
             });
             let pushed = match times
                 .time(
@@ -99,7 +100,7 @@ impl Pipeline {
                     tokio::time::timeout(
                         timeout,
                         relay(
-                            self.engine.push_image(&repository, &tag, auth.as_ref()),
+                            self.images.push(&repository, &tag, auth.as_ref()),
                             out,
                             true,
                         ),
@@ -194,9 +195,10 @@ impl Pipeline {
     /// Why a Dockerfile build failed, in the terms a developer can act on: the engine went
     /// away, or a base image is not in the engine (which cannot pull it here).
     async fn explain_failed_build(&self, push: &Push, error: EngineError) -> BuildError {
-        if self.engine.ping().await.is_err() {
-            return EngineError::Connect(format!("the engine stopped during the build ({error})"))
-                .into();
+        if self.images.ping().await.is_err() {
+            return BuildError::EngineLost(format!(
+                "the engine stopped during the build ({error})"
+            ));
         }
         if let EngineError::BuildFailed(_) = &error {
             let dockerfile = push
@@ -225,11 +227,11 @@ impl Pipeline {
     async fn image_tag(&self, push: &Push, repository: &str) -> String {
         let first = format!("git-{}", push.commit.short());
         let reference = format!("{repository}:{first}");
-        let (local, in_registry) = tokio::join!(self.engine.image_id(&reference), async {
+        let (local, in_registry) = tokio::join!(self.images.image_id(&reference), async {
             match &self.settings.registry {
                 None => Ok(false),
                 Some(registry) => self
-                    .engine
+                    .images
                     .registry_digest(repository, &first, registry_auth(registry).as_ref())
                     .await
                     .map(|digest| digest.is_some()),
@@ -268,7 +270,7 @@ impl Pipeline {
             let computed = image.contains('$')
                 || image == "scratch"
                 || stages.contains(&image.to_ascii_lowercase());
-            if !computed && self.engine.image_id(image).await.is_err() {
+            if !computed && self.images.image_id(image).await.is_err() {
                 missing.push(image.to_owned());
             }
         }

@@ -10,7 +10,7 @@ use super::timing::{millis, Stage, StageTimes};
 use super::{BuildError, Pipeline, Published, PublishedImage};
 use crate::push::Output;
 use deis_controller::BuildHook;
-use deis_executor::{RegistryApi, RegistryAuth};
+use deis_executor::{RegistryAuth, RegistryTag};
 use deis_slug::ProcessTypes;
 use deis_types::names::{AppName, ImageRef};
 
@@ -54,7 +54,7 @@ impl Pipeline {
         let times = StageTimes::default();
         // Outlives the staging future: when that is dropped (timeout, cancellation), what it
         // recorded is still rolled back below.
-        let published = Published::new(self.store.clone(), self.engine.clone());
+        let published = Published::new(self.store.clone(), self.images.clone());
         let timeout = self.settings.timeout;
         let staged = tokio::select! {
             staged = tokio::time::timeout(timeout, self.stage(request, &published, out, &times)) => {
@@ -62,23 +62,18 @@ impl Pipeline {
             }
             () = cancel.cancelled() => Err(BuildError::Cancelled),
         };
-        let imported = match staged {
-            // Not raced against cancellation: once asked, the controller may cut the release
-            // whether or not we wait, and its image must then stay (the call has a timeout).
-            Ok(staged) => self
-                .release_import(request, &staged, out, &times)
-                .await
-                .map(|version| (version, staged.reference)),
-            Err(error) => Err(error),
-        };
-        match &imported {
-            Ok(_) => published.keep(),
-            Err(BuildError::Controller(error)) if error.is_unreachable() => {
-                tracing::warn!("release outcome unknown; keeping the imported image");
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(error) => {
+                published.roll_back().await;
+                return Err(error);
             }
-            Err(_) => published.roll_back().await,
-        }
-        let (version, image) = imported?;
+        };
+        // Not raced against cancellation: once asked, the controller may cut the release
+        // whether or not we wait, and its image must then stay (the call has a timeout).
+        let released = self.release_import(request, &staged, out, &times).await;
+        published.settle(&released).await;
+        let (version, image) = (released?, staged.reference);
         tracing::info!(
             app = %request.app,
             version,
@@ -114,18 +109,14 @@ impl Pipeline {
         times
             .time(
                 Stage::Pull,
-                relay(
-                    self.engine.pull_image(image, source_auth.as_ref()),
-                    out,
-                    true,
-                ),
+                relay(self.images.pull(image, source_auth.as_ref()), out, true),
             )
             .await?;
         let pulled = match &image.digest {
             Some(digest) => format!("{}@{digest}", image.repository),
             None => format!("{}:{}", image.repository, image.pull_tag()),
         };
-        let id = self.engine.image_id(&pulled).await?;
+        let id = self.images.image_id(&pulled).await?;
         let hex = id.trim_start_matches("sha256:");
         // Deterministic: the same image imported twice gets the same tag.
         let tag = format!("import-{}", hex.get(..12).unwrap_or(hex));
@@ -140,11 +131,11 @@ impl Pipeline {
             .as_ref()
             .map(|registry| (registry, registry_auth(registry)));
         // Both existence checks at once: one round trip's time.
-        let (local, in_registry) = tokio::join!(self.engine.image_id(&reference), async {
+        let (local, in_registry) = tokio::join!(self.images.image_id(&reference), async {
             match &registry {
                 None => None,
                 Some((_, auth)) => Some(
-                    self.engine
+                    self.images
                         .registry_digest(&repository, &tag, auth.as_ref())
                         .await
                         .map(|digest| digest.is_some())
@@ -160,7 +151,7 @@ impl Pipeline {
                 reference: reference.clone(),
                 registry: None,
             });
-            self.engine.tag_image(&pulled, &repository, &tag).await?;
+            self.images.tag(&pulled, &repository, &tag).await?;
         }
         times.add(Stage::Tag, tag_started.elapsed());
         if let Some((registry, auth)) = registry {
@@ -169,11 +160,12 @@ impl Pipeline {
                 // Before the push: one stopped half-way may still have put the manifest.
                 published.image(PublishedImage {
                     reference: reference.clone(),
-                    registry: Some((
-                        RegistryApi::new(&registry.host, auth.clone())?,
-                        request.app.to_string(),
-                        tag.clone(),
-                    )),
+                    registry: Some(RegistryTag {
+                        host: registry.host.clone(),
+                        auth: auth.clone(),
+                        name: request.app.to_string(),
+                        tag: tag.clone(),
+                    }),
                 });
             }
             out.step(format!("Pushing {reference}")).await;
@@ -181,7 +173,7 @@ impl Pipeline {
                 .time(
                     Stage::Push,
                     relay(
-                        self.engine.push_image(&repository, &tag, auth.as_ref()),
+                        self.images.push(&repository, &tag, auth.as_ref()),
                         out,
                         true,
                     ),

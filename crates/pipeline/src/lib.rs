@@ -14,6 +14,9 @@ pub mod source;
 mod submodule;
 mod timing;
 
+#[cfg(test)]
+mod tests;
+
 pub use import::{ImportRequest, Imported};
 
 use std::io;
@@ -21,14 +24,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_util::io::{StreamReader, SyncIoBridge};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::push::{Output, Push, PushRunner, Verdict};
 use crate::settings::BuildSettings;
 use crate::source::SourceError;
 use deis_controller::{BuildHook, Controller, ControllerError};
-use deis_executor::{Engine, EngineError, RegistryApi, TagRemoval};
+use deis_executor::{Engine, EngineError, Executor, Images, RegistryTag, TagRemoval};
 use deis_metrics::{self as metrics, BuildKind, PushResult};
 use deis_slug::{self as slug, ProcessTypes};
 use deis_storage::{ObjectStore, StorageError};
@@ -155,6 +159,10 @@ pub enum BuildError {
     BuildFailed(i64),
     #[error("the build took longer than {0:?} and was stopped")]
     Timeout(Duration),
+    /// The engine went away during the build (and took the build with it): an outage,
+    /// not the build's fault.
+    #[error("cannot reach the Docker engine: {0}")]
+    EngineLost(String),
     /// An import stopped before its release by its caller's token (the server's shutdown).
     #[error("stopped: the builder is shutting down")]
     Cancelled,
@@ -166,6 +174,53 @@ pub enum BuildError {
     Release(#[from] slug::ReleaseError),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// What kind of failure ended a push or an import. One classification decides the HTTP
+/// status of a failed import, whether a failed release keeps its objects, and the
+/// `failure` field of the log event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A service could not be reached or did not answer in time (engine, storage,
+    /// controller), or the builder is stopping: worth trying again later. A release call
+    /// that ends so may still have cut the release.
+    Outage,
+    /// A service answered and said no: the controller or the registry refused.
+    Refused,
+    /// Everything else: the push or image itself (a failed build, bad config, a bad
+    /// Procfile, an image that cannot be pulled) and engine errors that are not outages.
+    Invalid,
+}
+
+impl Failure {
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Outage => "outage",
+            Failure::Refused => "refused",
+            Failure::Invalid => "invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+impl BuildError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            BuildError::Controller(error) if error.is_unreachable() => Failure::Outage,
+            BuildError::Controller(_) => Failure::Refused,
+            BuildError::Storage(_) | BuildError::EngineLost(_) | BuildError::Cancelled => {
+                Failure::Outage
+            }
+            BuildError::Engine(EngineError::Connect(_)) => Failure::Outage,
+            BuildError::Engine(EngineError::Registry(_)) => Failure::Refused,
+            _ => Failure::Invalid,
+        }
+    }
 }
 
 /// Object keys of one build, in the Deis layout.
@@ -202,7 +257,10 @@ impl Keys {
 pub struct Pipeline {
     pub controller: Arc<dyn Controller>,
     pub store: Arc<dyn ObjectStore>,
-    pub engine: Engine,
+    /// Runs buildpack builds: the Docker engine, or [`deis_executor::fake`] in tests.
+    pub executor: Arc<dyn Executor>,
+    /// Dockerfile builds, pushes, pulls and tags.
+    pub images: Arc<dyn Images>,
     pub settings: BuildSettings,
     pub stack: Stack,
 }
@@ -217,7 +275,7 @@ impl PushRunner for Pipeline {
             let started = Instant::now();
             let receive = started.saturating_duration_since(push.receive_started);
             let times = StageTimes::default();
-            let published = Published::new(self.store.clone(), self.engine.clone());
+            let published = Published::new(self.store.clone(), self.images.clone());
             let built = tokio::select! {
                 built = self.build(&push, &out, &published, &times) => Some(built),
                 () = cancel.cancelled() => None,
@@ -225,7 +283,7 @@ impl PushRunner for Pipeline {
             let artifact = match built {
                 Some(Ok(artifact)) => artifact,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, "push rejected");
+                    tracing::warn!(%error, failure = %error.failure(), "push rejected");
                     out.error(format!("Build failed: {error}")).await;
                     published.roll_back().await;
                     metrics::push_finished(PushResult::Failed);
@@ -245,9 +303,9 @@ impl PushRunner for Pipeline {
             let released = times
                 .time(Stage::Release, self.release(&push, &artifact, &out))
                 .await;
+            published.settle(&released).await;
             match released {
                 Ok(version) => {
-                    published.keep();
                     tracing::info!(
                         version,
                         elapsed_ms = timing::millis(started.elapsed()),
@@ -271,16 +329,8 @@ impl PushRunner for Pipeline {
                     Verdict::Accept
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "release failed");
+                    tracing::warn!(%error, failure = %error.failure(), "release failed");
                     out.error(format!("Build failed: {error}")).await;
-                    let ambiguous =
-                        matches!(&error, BuildError::Controller(e) if e.is_unreachable());
-                    if ambiguous {
-                        // The controller may have released it: keep what it would point to.
-                        tracing::warn!("release outcome unknown; keeping the build's objects");
-                    } else {
-                        published.roll_back().await;
-                    }
                     metrics::push_finished(PushResult::Failed);
                     Verdict::Reject
                 }
@@ -316,8 +366,8 @@ impl Pipeline {
         // other, and both must succeed before the release. Both are waited for, even
         // when one fails: a put dropped in flight could still land after the rollback.
         let store_source = times.time(Stage::Source, async {
-            let mut source_tar = StreamReader::new(push.source.archive(&push.commit)?);
-            published.put(&keys.source, &mut source_tar).await?;
+            let source_tar = StreamReader::new(push.source.archive(&push.commit)?);
+            published.put(&keys.source, source_tar).await?;
             Ok::<(), BuildError>(())
         });
         let build = async {
@@ -463,11 +513,20 @@ where
 
 /// Objects and image tags this push created, deleted again if the push does not land, so a
 /// failed push leaves nothing behind. What existed before (an earlier push) stays.
+///
+/// Each put runs as a task tracked here, its key recorded before it starts: a cancelled
+/// push drops its futures, but a put dropped late may still publish (the local store syncs
+/// the directory after its rename; S3 may be completing a multipart upload). A rollback
+/// therefore first stops the bodies still being read (the store then aborts those puts)
+/// and waits for every put to end, and only then deletes.
 struct Published {
     store: Arc<dyn ObjectStore>,
-    engine: Engine,
+    images: Arc<dyn Images>,
     created: Mutex<Vec<String>>,
-    images: Mutex<Vec<PublishedImage>>,
+    tags: Mutex<Vec<PublishedImage>>,
+    uploads: TaskTracker,
+    /// Fired by the rollback: fails the bodies of puts still running.
+    stop: CancellationToken,
 }
 
 /// An image tag a push created: in the local engine, and in the registry once pushed.
@@ -475,61 +534,108 @@ struct Published {
 pub(crate) struct PublishedImage {
     /// `repository:tag` in the local engine.
     pub reference: String,
-    /// The registry's API, the repository name in it and the tag, once pushed there.
-    pub registry: Option<(RegistryApi, String, String)>,
+    /// The tag in the registry, once pushed there.
+    pub registry: Option<RegistryTag>,
 }
 
 impl Published {
-    fn new(store: Arc<dyn ObjectStore>, engine: Engine) -> Published {
+    fn new(store: Arc<dyn ObjectStore>, images: Arc<dyn Images>) -> Published {
         Published {
             store,
-            engine,
+            images,
             created: Mutex::new(Vec::new()),
-            images: Mutex::new(Vec::new()),
+            tags: Mutex::new(Vec::new()),
+            uploads: TaskTracker::new(),
+            stop: CancellationToken::new(),
         }
     }
 
     /// Records a tag this push created (call again once it is in the registry).
     fn image(&self, image: PublishedImage) {
-        let mut images = self.images.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut images = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
         images.retain(|known| known.reference != image.reference);
         images.push(image);
     }
 
-    async fn put(
+    async fn put<B>(&self, key: &str, body: B) -> Result<u64, BuildError>
+    where
+        B: tokio::io::AsyncRead + Send + Unpin + 'static,
+    {
+        let (written, _) = self.put_body(key, body).await?;
+        Ok(written?)
+    }
+
+    /// [`Published::put`], giving the body back to a caller that reads on after a failed
+    /// put. The outer error is for a put that could not be started or did not end.
+    async fn put_body<B>(
         &self,
         key: &str,
-        body: &mut (dyn tokio::io::AsyncRead + Send + Unpin),
-    ) -> Result<u64, StorageError> {
-        let existed = self.store.exists(key).await?;
-        let written = self.store.put(key, body).await?;
-        if !existed {
+        body: B,
+    ) -> Result<(Result<u64, StorageError>, B), BuildError>
+    where
+        B: tokio::io::AsyncRead + Send + Unpin + 'static,
+    {
+        if !self.store.exists(key).await? {
+            // Before the put: one dropped half-way may still publish, and must be found.
             self.created_keys().push(key.to_owned());
         }
-        Ok(written)
+        let store = self.store.clone();
+        let owned_key = key.to_owned();
+        let mut body = Stoppable {
+            inner: body,
+            stop: Box::pin(self.stop.clone().cancelled_owned()),
+        };
+        let upload = self.uploads.spawn(async move {
+            let written = store.put(&owned_key, &mut body).await;
+            (written, body.inner)
+        });
+        match upload.await {
+            Ok(done) => Ok(done),
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(error) => Err(BuildError::Io(io::Error::other(format!(
+                    "the upload of {key} did not finish: {error}"
+                )))),
+            },
+        }
+    }
+
+    /// After the release call (never before: until it is asked, a failure rolls back):
+    /// a cut release keeps everything; a refused one rolls back; one whose outcome is
+    /// unknown (an outage: the controller may have cut it) keeps what it would point to.
+    async fn settle<T>(&self, released: &Result<T, BuildError>) {
+        match released {
+            Ok(_) => self.keep(),
+            Err(error) if error.failure() == Failure::Outage => {
+                tracing::warn!("release outcome unknown; keeping what this push or import created");
+            }
+            Err(_) => self.roll_back().await,
+        }
     }
 
     /// The release was cut: everything stays.
     fn keep(&self) {
         self.created_keys().clear();
-        self.images
+        self.tags
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
     }
 
     async fn roll_back(&self) {
+        self.stop.cancel();
+        self.uploads.close();
+        self.uploads.wait().await;
         let keys = std::mem::take(&mut *self.created_keys());
         for key in keys {
             if let Err(error) = self.store.delete(&key).await {
                 tracing::error!(%error, %key, "cannot delete object of a failed push");
             }
         }
-        let images =
-            std::mem::take(&mut *self.images.lock().unwrap_or_else(PoisonError::into_inner));
+        let images = std::mem::take(&mut *self.tags.lock().unwrap_or_else(PoisonError::into_inner));
         for image in images {
-            if let Some((api, name, tag)) = &image.registry {
-                match api.delete_tag(name, tag).await {
+            if let Some(registry) = &image.registry {
+                match self.images.delete_registry_tag(registry).await {
                     Ok(TagRemoval::Deleted | TagRemoval::Absent) => {}
                     Ok(TagRemoval::Shared { other_tag }) => tracing::warn!(
                         image = %image.reference, %other_tag,
@@ -541,7 +647,7 @@ impl Published {
                     ),
                 }
             }
-            if let Err(error) = self.engine.remove_image(&image.reference).await {
+            if let Err(error) = self.images.remove(&image.reference).await {
                 tracing::error!(%error, image = %image.reference, "cannot remove the image tag of a failed push");
             }
         }
@@ -552,18 +658,24 @@ impl Published {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// An upload body that fails once `stop` fires, even while the inner reader waits.
+struct Stoppable<R> {
+    inner: R,
+    stop: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+}
 
-    #[test]
-    fn deis_key_layout() {
-        let keys = Keys::new(&AppName::parse("myapp").unwrap(), "1234abcd");
-        assert_eq!(keys.source, "home/myapp:git-1234abcd/tar");
-        assert_eq!(keys.slug, "home/myapp:git-1234abcd/push/slug.tgz");
-        assert_eq!(keys.procfile, "home/myapp:git-1234abcd/push/Procfile");
-        let again = Keys::for_push(&AppName::parse("myapp").unwrap(), "1234abcd", "0f0e");
-        assert_eq!(again.slug, "home/myapp:git-1234abcd-0f0e/push/slug.tgz");
-        assert_eq!(again.source, "home/myapp:git-1234abcd-0f0e/tar");
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stoppable<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::future::Future;
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Err(io::Error::other(
+                "the push was stopped: upload abandoned",
+            )));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
