@@ -1,7 +1,7 @@
 //! A developer's git working copy made from a fixture app, and pushes of it to the builder
 //! with the real `git` client over SSH.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,7 +19,7 @@ pub struct App {
     pub dir: TempDir,
 }
 
-pub fn fixture(name: &str) -> PathBuf {
+fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/apps")
         .join(name)
@@ -182,10 +182,6 @@ fn forward_lines(from: impl Read, to: mpsc::Sender<String>) {
         if to.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
             return;
         }
-    }
-    #[allow(unreachable_code)]
-    {
-        let _ = reader.fill_buf();
     }
 }
 

@@ -8,18 +8,40 @@
 //!
 //! The harness is split by concern; test files `use util::*` and see one flat set of names
 //! (re-exported below), except the fault proxy and the registry, used by path.
-#![allow(dead_code)]
 
+// Dead code: each `tests/*.rs` is a crate of its own that compiles `mod util;` again, and
+// rustc's dead-code lint sees one crate at a time, so an item that only `faults.rs` needs is
+// "never used" in the other twelve. No attribute says "used by another test binary", and
+// `pub` is no help inside a test binary's private `mod util` (`pub mod util;` in each test
+// would silence the lint as completely as a blanket allow, just without saying so). Having
+// each test declare only the util modules it uses would not be enough either: within one
+// module, binaries still use different items (`Builder::crash_and_restart`, `S3::download`).
+// Hence `allow(dead_code)` on the module lines below, for that reason only, and
+// `allow(unused_imports)` on the re-exports for the same reason. The helpers in this file stay
+// checked: every test binary starts a builder, which uses them (`eventually` is the
+// exception and says so). To find items no test uses, drop the allows and build the tests:
+// an item reported by every test binary is used by none and should be deleted.
+#[allow(dead_code)]
 mod builder;
+#[allow(dead_code)]
 mod buildpacks;
+#[allow(dead_code)]
 mod docker;
+#[allow(dead_code)]
 mod git;
+#[allow(dead_code)]
 mod keys;
+#[allow(dead_code)]
 pub mod proxy;
+#[allow(dead_code)]
 pub mod registry;
+#[allow(dead_code)]
 mod runner;
+#[allow(dead_code)]
 mod s3;
+#[allow(dead_code)]
 mod servers;
+#[allow(dead_code)]
 mod slugs;
 
 #[allow(unused_imports)]
@@ -27,14 +49,11 @@ pub use self::{
     builder::{
         http_get, http_request, set_app_config, Builder, BuilderOptions, ControllerMode, Storage,
     },
-    buildpacks::{buildpack_fixture, BuildpackRepo},
+    buildpacks::buildpack_fixture,
     docker::{containers_of, docker, release_waiting_build},
-    git::{fixture, App, LivePush, Pushed},
+    git::{App, Pushed},
     keys::Key,
-    runner::{
-        run_runner, run_runner_kept, runner_image, unused_port, KeptRun, RunOutput,
-        RunnerContainer, RUNNER_TEST_LABEL,
-    },
+    runner::{run_runner, run_runner_kept, runner_image, unused_port, RunnerContainer},
     s3::S3,
     servers::{OneFileServer, StaticServer},
     slugs::{sha256_file, slug_entries},
@@ -83,6 +102,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits up to `limit` for `condition`.
+#[allow(dead_code)] // not every test binary waits for something
 pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use super::free_port;
 
 /// Label on every container the slug runner tests create (for clean-up by hand, too).
-pub const RUNNER_TEST_LABEL: &str = "io.deis.builder.test=slugrunner";
+const RUNNER_TEST_LABEL: &str = "io.deis.builder.test=slugrunner";
 
 /// The runner image `scripts/test.sh` builds (`ensure_runner_image`).
 pub fn runner_image() -> String {
