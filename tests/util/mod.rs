@@ -53,7 +53,7 @@ pub use self::{
     docker::{containers_of, docker, release_waiting_build},
     git::{App, Pushed},
     keys::Key,
-    runner::{run_runner, run_runner_kept, runner_image, unused_port, RunnerContainer},
+    runner::{run_runner, run_runner_kept, runner_image, RunnerContainer},
     s3::S3,
     servers::{OneFileServer, StaticServer},
     slugs::{sha256_file, slug_entries},
@@ -93,6 +93,7 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{:x}", std::process::id(), nanos)
 }
 
+/// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

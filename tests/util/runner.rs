@@ -2,8 +2,6 @@
 
 use std::process::{Command, Stdio};
 
-use super::free_port;
-
 /// Label on every container the slug runner tests create (for clean-up by hand, too).
 const RUNNER_TEST_LABEL: &str = "io.deis.builder.test=slugrunner";
 
@@ -11,11 +9,6 @@ const RUNNER_TEST_LABEL: &str = "io.deis.builder.test=slugrunner";
 pub fn runner_image() -> String {
     std::env::var("DEIS_IT_RUNNER_IMAGE")
         .unwrap_or_else(|_| "deis-builder/slugrunner:latest".into())
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn unused_port() -> u16 {
-    free_port()
 }
 
 /// Exit status and output of a finished runner container.
