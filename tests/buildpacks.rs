@@ -650,7 +650,7 @@ fn submodules_are_part_of_the_build() {
     );
 
     // Moved to an address nobody answers: the push is rejected, naming the submodule.
-    let gone = format!("http://127.0.0.1:{}/library.git", unused_port());
+    let gone = format!("http://127.0.0.1:{}/library.git", free_port());
     app.git(&[
         "config",
         "-f",

@@ -793,7 +793,7 @@ fn pipeline_slug_in_s3_serves_http_and_runs_other_process_types() {
     let s3 = S3::connect();
     let slug_sha = sha256_file(&s3.download(&bucket, &slug_key, scratch.path()));
 
-    let port = unused_port();
+    let port = free_port();
     let s3_env = runner_s3_env();
     let mut web_args: Vec<String> = s3_env.clone();
     web_args.extend([
@@ -1155,7 +1155,7 @@ fn every_slug_source_and_clear_errors() {
                 "--network".into(),
                 "host".into(),
                 "-e".into(),
-                format!("SLUG_URL=http://127.0.0.1:{}/slug.tgz", unused_port()),
+                format!("SLUG_URL=http://127.0.0.1:{}/slug.tgz", free_port()),
                 image.clone(),
                 "start".into(),
                 "web".into(),

@@ -1,0 +1,47 @@
+//! The Docker CLI against the engine the builder uses: app containers and their clean-up.
+
+use std::process::Command;
+
+/// Runs `docker args…`, asserts success and returns stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// IDs of containers labelled with `app` (any state).
+pub fn containers_of(app: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.deis.builder.app={app}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Lets a build held by the `procfile-wait` fixture continue.
+pub fn release_waiting_build(app: &str) {
+    for id in containers_of(app) {
+        let status = Command::new("docker")
+            .args(["exec", &id, "touch", "/tmp/continue"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "docker exec failed");
+    }
+}
