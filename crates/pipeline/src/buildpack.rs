@@ -153,15 +153,15 @@ impl Pipeline {
         out.detail(describe_types(&packed, &types)).await;
         out.step(format!(
             "Compiled slug size is {}",
-            human_size(packed.compressed_bytes)
+            deis_types::units::human_size(packed.compressed_bytes)
         ))
         .await;
         if packed.compressed_bytes > self.settings.slug_warn_bytes {
             out.error(format!(
                 "Warning: the slug is {}, over the recommended {}; large slugs slow down \
                  deploys and scaling (use .slugignore to leave files out)",
-                human_size(packed.compressed_bytes),
-                human_size(self.settings.slug_warn_bytes)
+                deis_types::units::human_size(packed.compressed_bytes),
+                deis_types::units::human_size(self.settings.slug_warn_bytes)
             ))
             .await;
         }
@@ -229,7 +229,7 @@ impl Pipeline {
             Restore::Restored(restored) => {
                 out.step(format!(
                     "Restoring cache ({})",
-                    human_size(restored.compressed_bytes)
+                    deis_types::units::human_size(restored.compressed_bytes)
                 ))
                 .await;
                 Some(restored)
@@ -266,8 +266,11 @@ impl Pipeline {
             Ok(Saved::Empty) => {}
             Ok(Saved::Unchanged) => out.step("Cache unchanged").await,
             Ok(Saved::Stored { compressed_bytes }) => {
-                out.step(format!("Cache saved ({})", human_size(compressed_bytes)))
-                    .await
+                out.step(format!(
+                    "Cache saved ({})",
+                    deis_types::units::human_size(compressed_bytes)
+                ))
+                .await
             }
             Err(error) => {
                 tracing::warn!(%error, "cannot save the build cache");
@@ -443,8 +446,8 @@ impl Pipeline {
         let packed = packed?;
         if exceeded || packed.compressed_bytes > self.settings.slug_max_bytes {
             return Err(BuildError::SlugTooLarge {
-                size: human_size(packed.compressed_bytes),
-                limit: human_size(self.settings.slug_max_bytes),
+                size: deis_types::units::human_size(packed.compressed_bytes),
+                limit: deis_types::units::human_size(self.settings.slug_max_bytes),
             });
         }
         tracing::info!(sha256 = %packed.sha256, bytes = packed.compressed_bytes, "slug stored");
@@ -514,32 +517,5 @@ fn describe_types(packed: &slug::PackedSlug, types: &ProcessTypes) -> String {
         (_, true) => "No process types declared (add a Procfile)".to_owned(),
         (true, false) => format!("Procfile declares types -> {names}"),
         (false, false) => format!("Default types for buildpack -> {names}"),
-    }
-}
-
-pub(super) fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "K", "M", "G"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size >= 1024.0 && unit < UNITS.len() - 1 {
-        size /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{size:.1}{}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_like_heroku() {
-        assert_eq!(human_size(512), "512B");
-        assert_eq!(human_size(1536), "1.5K");
-        assert_eq!(human_size(3 << 20), "3.0M");
     }
 }

@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use deis_executor::Job;
+use deis_slug::tar_writer::TarWriter;
 use deis_storage::{ObjectStore, StorageError};
 use deis_types::names::AppName;
 use deis_types::pipe::ByteStream;
@@ -268,10 +269,14 @@ pub fn pack<R: Read, W: Write>(input: R, output: W) -> io::Result<PackedCache> {
             },
             flate2::Compression::fast(),
         );
-    let mut tar = tar::Builder::new(HashingWriter {
-        inner: gzip,
-        hasher: Sha256::new(),
-    });
+    let mut tar = TarWriter::new(
+        HashingWriter {
+            inner: gzip,
+            hasher: Sha256::new(),
+        },
+        0,
+        CACHE_MTIME,
+    );
     let mut archive = tar::Archive::new(input);
     let mut entries = 0u64;
     for entry in archive.entries()? {
@@ -287,35 +292,24 @@ pub fn pack<R: Read, W: Write>(input: R, output: W) -> io::Result<PackedCache> {
         }
         let kind = entry.header().entry_type();
         let mode = entry.header().mode()? & 0o777;
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(CACHE_MTIME);
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(entry.size());
-                tar.append_data(&mut header, relative, &mut entry)?;
+                let size = entry.size();
+                tar.file_from(relative, mode, size, &mut entry)?;
             }
-            tar::EntryType::Directory => {
-                header.set_size(0);
-                tar.append_data(&mut header, relative, io::empty())?;
-            }
+            tar::EntryType::Directory => tar.dir(relative, mode)?,
             tar::EntryType::Symlink => {
-                let target = entry.link_name()?.map(|t| t.into_owned());
-                let Some(target) = target else { continue };
-                header.set_size(0);
-                tar.append_link(&mut header, relative, target)?;
+                let Some(target) = entry.link_name_bytes() else {
+                    continue;
+                };
+                tar.symlink(relative, &target)?;
             }
             tar::EntryType::Link => {
                 let target = entry.link_name()?.map(|t| t.to_string_lossy().into_owned());
                 let Some(target) = target.as_deref().and_then(strip_cache_prefix) else {
                     continue;
                 };
-                header.set_size(0);
-                tar.append_link(&mut header, relative, target)?;
+                tar.hard_link(relative, target.as_bytes(), mode)?;
             }
             _ => {
                 tracing::debug!(path = %raw, "skipping special file in the cache");
@@ -324,7 +318,7 @@ pub fn pack<R: Read, W: Write>(input: R, output: W) -> io::Result<PackedCache> {
         }
         entries += 1;
     }
-    let hashing = tar.into_inner()?;
+    let hashing = tar.finish()?;
     let sha256 = hex::encode(hashing.hasher.finalize());
     let counting = hashing.inner.finish()?;
     let compressed_bytes = counting.bytes;

@@ -14,6 +14,7 @@ use super::{blocking_writer, input, Artifact, BuildError, Pipeline, Published, P
 use crate::push::{Output, Push};
 use crate::settings::RegistrySettings;
 use deis_executor::{EngineError, ImageBuild, RegistryAuth, RegistryTag};
+use deis_slug::tar_writer::TarWriter;
 use deis_slug::{self as slug, ProcessTypes, SlugIgnore};
 
 /// Largest `.dockerignore`, Dockerfile or Procfile we read from the pushed tree.
@@ -177,12 +178,12 @@ impl Pipeline {
             let keep = |path: &str, is_dir: bool| {
                 matches!(path, "Dockerfile" | ".dockerignore") || !ignore.is_ignored(path, is_dir)
             };
-            let mut tar = tar::Builder::new(w);
+            let mut tar = TarWriter::new(w, input::BUILD_UID, 0);
             input::copy_tree(source, &mut tar, "", &keep)?;
             for submodule in &submodules {
                 input::append_host_dir(&mut tar, &submodule.dir, &submodule.path, &keep)?;
             }
-            tar.into_inner().map(drop)
+            tar.finish().map(drop)
         });
         Ok(BuildContext {
             archive,

@@ -725,7 +725,7 @@ fn unpack_refusal(url: &str, error: UnpackError) -> FetchError {
     match error {
         UnpackError::TooLarge { limit, .. } => over(format!(
             "it unpacks to more than {}, the limit (--buildpack-max-size)",
-            super::buildpack::human_size(limit)
+            deis_types::units::human_size(limit)
         )),
         UnpackError::TooManyEntries { limit } => over(format!(
             "it holds more than {limit} files, links and directories, the limit"

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+use deis_slug::tar_writer::TarWriter;
 use include_dir::{include_dir, Dir, DirEntry};
 
 use super::fetch::FetchedBuildpack;
@@ -48,7 +49,7 @@ pub fn write(
     extras: &Extras<'_>,
     out: impl Write,
 ) -> io::Result<()> {
-    let mut tar = tar::Builder::new(out);
+    let mut tar = TarWriter::new(out, BUILD_UID, 0);
     for dir in [
         "app",
         "build",
@@ -57,7 +58,7 @@ pub fn write(
         "build/buildpacks",
         "build/bin",
     ] {
-        append_dir(&mut tar, dir)?;
+        tar.dir(dir, 0o755)?;
     }
     copy_source(source, &mut tar)?;
     for submodule in extras.submodules {
@@ -65,12 +66,7 @@ pub fn write(
         append_host_dir(&mut tar, &submodule.dir, &target, &|_, _| true)?;
     }
     for (name, value) in config {
-        append_file(
-            &mut tar,
-            &format!("build/env/{name}"),
-            0o600,
-            value.as_bytes(),
-        )?;
+        tar.file(&format!("build/env/{name}"), 0o600, value.as_bytes())?;
     }
     if let Some(cache) = extras.cache {
         copy_cache(cache, &mut tar)?;
@@ -81,7 +77,7 @@ pub fn write(
             append_buildpacks(&mut tar, &BUILDPACKS, false)?;
             for buildpack in fetched {
                 let target = format!("build/buildpacks/{}", buildpack.name);
-                append_dir(&mut tar, &target)?;
+                tar.dir(&target, 0o755)?;
                 append_host_dir(&mut tar, &buildpack.dir, &target, &|_, _| true)?;
             }
         }
@@ -93,12 +89,11 @@ pub fn write(
         // A file entry only: the image's /etc keeps its owners, the bundle is root's as
         // on any system, readable by all.
         let path = super::SYSTEM_CA_BUNDLE.trim_start_matches('/');
-        let mut h = header(tar::EntryType::Regular, 0o644, bundle.len() as u64);
-        h.set_uid(0);
-        h.set_gid(0);
-        tar.append_data(&mut h, path, bundle)?;
+        tar.set_owner(0);
+        tar.file(path, 0o644, bundle)?;
+        tar.set_owner(BUILD_UID);
     }
-    tar.into_inner()?.flush()
+    tar.finish()?.flush()
 }
 
 /// Deis stores `SSH_KEY` base64-encoded; a plain PEM/OpenSSH key is accepted too.
@@ -118,20 +113,19 @@ pub fn decode_ssh_key(value: &str) -> String {
     }
 }
 
-fn append_ssh<W: Write>(tar: &mut tar::Builder<W>, key: &str) -> io::Result<()> {
+fn append_ssh<W: Write>(tar: &mut TarWriter<W>, key: &str) -> io::Result<()> {
     let dir = SSH_DIR.trim_start_matches('/');
-    let mut h = header(tar::EntryType::Directory, 0o700, 0);
-    tar.append_data(&mut h, dir, io::empty())?;
-    append_file(tar, &format!("{dir}/id_key"), 0o600, key.as_bytes())?;
+    tar.dir(dir, 0o700)?;
+    tar.file(&format!("{dir}/id_key"), 0o600, key.as_bytes())?;
     let config = format!(
         "Host *\n  IdentityFile {SSH_DIR}/id_key\n  IdentitiesOnly yes\n  \
          StrictHostKeyChecking accept-new\n  UserKnownHostsFile {SSH_DIR}/known_hosts\n"
     );
-    append_file(tar, &format!("{dir}/config"), 0o600, config.as_bytes())
+    tar.file(&format!("{dir}/config"), 0o600, config.as_bytes())
 }
 
 /// Unpacks a verified cache archive (paths relative to CACHE_DIR) under `build/cache/`.
-fn copy_cache<W: Write>(cache: &Path, tar: &mut tar::Builder<W>) -> io::Result<()> {
+fn copy_cache<W: Write>(cache: &Path, tar: &mut TarWriter<W>) -> io::Result<()> {
     let file = std::fs::File::open(cache)?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
     for entry in archive.entries()? {
@@ -145,21 +139,20 @@ fn copy_cache<W: Write>(cache: &Path, tar: &mut tar::Builder<W>) -> io::Result<(
         let mode = entry.header().mode()? & 0o777;
         let target = format!("build/cache/{relative}");
         match kind {
-            tar::EntryType::Regular | tar::EntryType::Directory => {
-                let mut h = header(kind, mode, entry.size());
-                tar.append_data(&mut h, &target, &mut entry)?;
+            tar::EntryType::Regular => {
+                let size = entry.size();
+                tar.file_from(&target, mode, size, &mut entry)?;
             }
+            tar::EntryType::Directory => tar.dir(&target, mode)?,
             tar::EntryType::Symlink => {
-                if let Some(link) = entry.link_name()? {
-                    let mut h = header(kind, 0o777, 0);
-                    tar.append_link(&mut h, &target, &link)?;
+                if let Some(link) = entry.link_name_bytes() {
+                    tar.symlink(&target, &link)?;
                 }
             }
             tar::EntryType::Link => {
                 if let Some(link) = entry.link_name()? {
                     let link = format!("build/cache/{}", link.to_string_lossy());
-                    let mut h = header(kind, mode, 0);
-                    tar.append_link(&mut h, &target, link)?;
+                    tar.hard_link(&target, link.as_bytes(), mode)?;
                 }
             }
             _ => {}
@@ -172,7 +165,7 @@ fn copy_cache<W: Write>(cache: &Path, tar: &mut tar::Builder<W>) -> io::Result<(
 /// `.git` is left out, symlinks stay symlinks (never followed), anything that is not a
 /// file, directory or link is skipped, and so is what `keep(target path, is_dir)` refuses.
 pub(super) fn append_host_dir<W: Write>(
-    tar: &mut tar::Builder<W>,
+    tar: &mut TarWriter<W>,
     dir: &Path,
     target: &str,
     keep: &dyn Fn(&str, bool) -> bool,
@@ -198,14 +191,12 @@ pub(super) fn append_host_dir<W: Write>(
         let mode = meta.permissions().mode() & 0o777;
         if meta.file_type().is_symlink() {
             let link = std::fs::read_link(&path)?;
-            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-            tar.append_link(&mut h, &child, link)?;
+            tar.symlink(&child, link.as_os_str().as_encoded_bytes())?;
         } else if meta.is_dir() {
-            append_dir(tar, &child)?;
+            tar.dir(&child, 0o755)?;
             append_host_dir(tar, &path, &child, keep)?;
         } else if meta.is_file() {
-            let mut h = header(tar::EntryType::Regular, mode, meta.len());
-            tar.append_data(&mut h, &child, std::fs::File::open(&path)?)?;
+            tar.file_from(&child, mode, meta.len(), &mut std::fs::File::open(&path)?)?;
         }
     }
     Ok(())
@@ -219,35 +210,9 @@ pub fn valid_config_name(name: &str) -> bool {
         && name.len() <= 255
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_mode(mode);
-    header.set_uid(BUILD_UID);
-    header.set_gid(BUILD_UID);
-    header.set_size(size);
-    header.set_mtime(0);
-    header
-}
-
-fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> io::Result<()> {
-    let mut h = header(tar::EntryType::Directory, 0o755, 0);
-    tar.append_data(&mut h, path, io::empty())
-}
-
-fn append_file<W: Write>(
-    tar: &mut tar::Builder<W>,
-    path: &str,
-    mode: u32,
-    data: &[u8],
-) -> io::Result<()> {
-    let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
-    tar.append_data(&mut h, path, data)
-}
-
 /// Re-roots the source archive under `app/` and hands it to the build user, streaming
 /// file contents straight through.
-fn copy_source<W: Write>(source: impl Read, tar: &mut tar::Builder<W>) -> io::Result<()> {
+fn copy_source<W: Write>(source: impl Read, tar: &mut TarWriter<W>) -> io::Result<()> {
     copy_tree(source, tar, "app/", &|_, _| true)
 }
 
@@ -255,7 +220,7 @@ fn copy_source<W: Write>(source: impl Read, tar: &mut tar::Builder<W>) -> io::Re
 /// the paths `keep(path, is_dir)` accepts. File contents stream straight through.
 pub(super) fn copy_tree<W: Write>(
     source: impl Read,
-    tar: &mut tar::Builder<W>,
+    tar: &mut TarWriter<W>,
     prefix: &str,
     keep: &dyn Fn(&str, bool) -> bool,
 ) -> io::Result<()> {
@@ -273,16 +238,17 @@ pub(super) fn copy_tree<W: Write>(
             continue;
         }
         let mode = entry.header().mode()? & 0o777;
-        let mut h = header(kind, mode, entry.size());
         let target = format!("{prefix}{relative}");
         if kind.is_symlink() {
             let link = entry
-                .link_name()?
-                .ok_or_else(|| io::Error::other(format!("symlink {relative} has no target")))?
-                .into_owned();
-            tar.append_link(&mut h, &target, link)?;
+                .link_name_bytes()
+                .ok_or_else(|| io::Error::other(format!("symlink {relative} has no target")))?;
+            tar.symlink(&target, &link)?;
+        } else if kind.is_dir() {
+            tar.dir(&target, mode)?;
         } else {
-            tar.append_data(&mut h, &target, &mut entry)?;
+            let size = entry.size();
+            tar.file_from(&target, mode, size, &mut entry)?;
         }
     }
     Ok(())
@@ -290,7 +256,7 @@ pub(super) fn copy_tree<W: Write>(
 
 /// The driver, and the built-in buildpacks when `with_builtin` is set.
 fn append_buildpacks<W: Write>(
-    tar: &mut tar::Builder<W>,
+    tar: &mut TarWriter<W>,
     dir: &Dir<'_>,
     with_builtin: bool,
 ) -> io::Result<()> {
@@ -303,7 +269,7 @@ fn append_buildpacks<W: Write>(
                     continue;
                 }
                 if path != "bin" {
-                    append_dir(tar, &target_path(&path))?;
+                    tar.dir(&target_path(&path), 0o755)?;
                 }
                 append_buildpacks(tar, sub, with_builtin)?;
             }
@@ -313,7 +279,7 @@ fn append_buildpacks<W: Write>(
                     continue;
                 }
                 // include_dir drops permission bits; everything shipped here is a script.
-                append_file(tar, &target_path(&path), 0o755, file.contents())?;
+                tar.file(&target_path(&path), 0o755, file.contents())?;
             }
         }
     }

@@ -39,6 +39,11 @@ impl<W: Write> TarWriter<W> {
         }
     }
 
+    /// The owner of the entries written from now on.
+    pub fn set_owner(&mut self, owner: u64) {
+        self.owner = owner;
+    }
+
     /// The output, e.g. to count what was written so far.
     pub fn get_ref(&self) -> &W {
         &self.out
@@ -55,6 +60,14 @@ impl<W: Write> TarWriter<W> {
         mode: u32,
         size: u64,
     ) -> io::Result<()> {
+        // Names come from pushed trees and caches: whatever reads the archive back must
+        // never be led outside its target.
+        if name.starts_with(b"/") || name.split(|&b| b == b'/').any(|part| part == b"..") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unsafe entry name {:?}", String::from_utf8_lossy(name)),
+            ));
+        }
         if let Some(link) = link.filter(|l| l.len() > NAME_FIELD_BYTES) {
             self.long_name_entry(b'K', link)?;
         }
@@ -231,6 +244,17 @@ mod tests {
         assert_eq!(read[1].4, b"hello");
         assert_eq!(read[2].4, b"xyz");
         assert_eq!(read[3].1, EntryType::Symlink);
+    }
+
+    #[test]
+    fn names_that_leave_the_target_are_refused() {
+        let mut tar = TarWriter::new(Vec::new(), 0, 0);
+        for name in ["/etc/passwd", "../x", "a/../../x", "a/.."] {
+            let error = tar.file(name, 0o644, b"").unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{name}");
+        }
+        tar.symlink("./ok", b"../../allowed-as-a-link-target")
+            .unwrap();
     }
 
     #[test]

@@ -23,3 +23,38 @@ pub fn format_size(bytes: u64) -> String {
         b => format!("{b} bytes"),
     }
 }
+
+/// A measured size as build output shows it, Heroku style: `512B`, `1.5K`, `3.0M`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "K", "M", "G"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1024.0 && unit < UNITS.len() - 1 {
+        size /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{size:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_heroku() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(1536), "1.5K");
+        assert_eq!(human_size(3 << 20), "3.0M");
+    }
+
+    #[test]
+    fn settings_sizes_and_durations_read_as_written() {
+        assert_eq!(format_size(1 << 30), "1g");
+        assert_eq!(format_size(1000), "1000 bytes");
+        assert_eq!(format_duration(Duration::from_secs(900)), "15m");
+    }
+}
