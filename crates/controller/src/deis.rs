@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 
 use super::reply::{parse_config, parse_release_version, parse_user, reply_detail};
 use super::values::printable_snippet;
-use super::{require_valid_fingerprint, AppConfig, BuildHook, Controller, ControllerError, User};
+use super::{
+    require_valid_fingerprint, AppConfig, AppName, Controller, ControllerError, ReleaseRequest,
+    User,
+};
 
 /// Header carrying the shared secret between builder and controller.
 const BUILDER_AUTH_HEADER: &str = "x-deis-builder-auth";
@@ -231,8 +234,8 @@ impl Controller for DeisController {
         }
     }
 
-    async fn app_config(&self, user: &str, app: &str) -> Result<AppConfig, ControllerError> {
-        let body = json!({ "receive_user": user, "receive_repo": app });
+    async fn app_config(&self, user: &str, app: &AppName) -> Result<AppConfig, ControllerError> {
+        let body = json!({ "receive_user": user, "receive_repo": app.as_str() });
         let reply = self
             .exchange(Call::Config, Method::POST, "/v2/hooks/config/", Some(&body))
             .await?;
@@ -245,14 +248,14 @@ impl Controller for DeisController {
         })
     }
 
-    async fn release(&self, build: &BuildHook<'_>) -> Result<u64, ControllerError> {
+    async fn release(&self, request: &ReleaseRequest<'_>) -> Result<u64, ControllerError> {
         let body = json!({
-            "receive_user": build.user,
-            "receive_repo": build.app,
-            "sha": build.short_sha()?,
-            "image": build.image,
-            "procfile": build.procfile,
-            "dockerfile": if build.dockerfile { "true" } else { "" },
+            "receive_user": request.user,
+            "receive_repo": request.app.as_str(),
+            "sha": request.short_sha()?,
+            "image": request.artifact.reference(),
+            "procfile": request.procfile,
+            "dockerfile": if request.artifact.is_image() { "true" } else { "" },
         });
         let reply = self
             .exchange(Call::Build, Method::POST, "/v2/hooks/build/", Some(&body))
@@ -344,6 +347,8 @@ fn status_error(status: StatusCode, body: &[u8]) -> ControllerError {
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;
+
+    use crate::Artifact;
 
     use super::*;
     use crate::tests::ED25519_MD5;
@@ -446,7 +451,10 @@ mod tests {
             "web",
             json!({"BUILDPACK_URL": "https://x/y.git#v1", "WORKERS": 4, "DEBUG": false}),
         );
-        let config = client(&double).app_config("alice", "web").await.unwrap();
+        let config = client(&double)
+            .app_config("alice", &AppName::parse("web").unwrap())
+            .await
+            .unwrap();
         assert_eq!(config.get("BUILDPACK_URL"), Some("https://x/y.git#v1"));
         assert_eq!(config.get("WORKERS"), Some("4"));
         assert_eq!(config.get("DEBUG"), Some("false"));
@@ -469,7 +477,7 @@ mod tests {
         let double = ControllerDouble::start(KEY).await;
         double.add_user(alice());
         let err = client(&double)
-            .app_config("alice", "someone-elses")
+            .app_config("alice", &AppName::parse("someone-elses").unwrap())
             .await
             .unwrap_err();
         assert_eq!(
@@ -484,7 +492,7 @@ mod tests {
         double.add_user(alice());
         double.set_config("web", json!({"DB": {"host": "x"}}));
         let err = client(&double)
-            .app_config("alice", "web")
+            .app_config("alice", &AppName::parse("web").unwrap())
             .await
             .unwrap_err();
         assert!(matches!(err, ControllerError::InvalidReply { .. }), "{err}");
@@ -497,23 +505,21 @@ mod tests {
         double.add_user(alice());
         let controller = client(&double);
         let procfile = procfile();
-        let slug_build = BuildHook {
+        let slug_build = ReleaseRequest {
             user: "alice",
-            app: "web",
+            app: &AppName::parse("web").unwrap(),
             sha: SHA,
-            image: "home/web:git-01234567/push/slug.tgz",
+            artifact: &Artifact::Slug("home/web:git-01234567/push/slug.tgz".into()),
             procfile: &procfile,
-            dockerfile: false,
         };
         assert_eq!(controller.release(&slug_build).await.unwrap(), 1);
-        let docker_build = BuildHook {
-            image: "127.0.0.1:5000/web:git-01234567",
-            dockerfile: true,
+        let docker_build = ReleaseRequest {
+            artifact: &Artifact::Image("127.0.0.1:5000/web:git-01234567".into()),
             ..slug_build
         };
         assert_eq!(controller.release(&docker_build).await.unwrap(), 2);
-        let other_app = BuildHook {
-            app: "worker",
+        let other_app = ReleaseRequest {
+            app: &AppName::parse("worker").unwrap(),
             ..slug_build
         };
         assert_eq!(controller.release(&other_app).await.unwrap(), 1);
@@ -542,13 +548,12 @@ mod tests {
         double.add_user(alice());
         let controller = client(&double);
         let procfile = procfile();
-        let build = BuildHook {
+        let build = ReleaseRequest {
             user: "alice",
-            app: "web",
+            app: &AppName::parse("web").unwrap(),
             sha: SHA,
-            image: "img",
+            artifact: &Artifact::Slug("img".into()),
             procfile: &procfile,
-            dockerfile: false,
         };
         let cases = [
             (400, json!({"detail": "bad image"}), "bad image"),
@@ -593,13 +598,12 @@ mod tests {
     async fn bad_sha_is_refused_before_sending() {
         let double = ControllerDouble::start(KEY).await;
         let procfile = procfile();
-        let build = BuildHook {
+        let build = ReleaseRequest {
             user: "alice",
-            app: "web",
+            app: &AppName::parse("web").unwrap(),
             sha: "abc",
-            image: "img",
+            artifact: &Artifact::Slug("img".into()),
             procfile: &procfile,
-            dockerfile: false,
         };
         assert!(client(&double).release(&build).await.is_err());
         assert!(double.requests().is_empty());

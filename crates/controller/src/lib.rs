@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
 
+pub use deis_types::names::AppName;
+
 pub use authorized_keys::SourcePatterns;
 pub use deis::DeisController;
 pub use error::ControllerError;
@@ -75,21 +77,43 @@ impl AppConfig {
     }
 }
 
-/// Everything the controller needs to cut a release for a finished build.
+/// What a finished build asks the controller to release.
 #[derive(Debug, Clone, Copy)]
-pub struct BuildHook<'a> {
+pub struct ReleaseRequest<'a> {
     pub user: &'a str,
-    pub app: &'a str,
-    /// The full commit sha; only its first 8 characters go on the wire.
+    pub app: &'a AppName,
+    /// The full commit sha (for an import, the image digest's hex); only its first 8
+    /// characters go on the wire.
     pub sha: &'a str,
-    /// Slug object key for buildpack builds, image reference for Dockerfile builds.
-    pub image: &'a str,
+    pub artifact: &'a Artifact,
     /// Process types from the Procfile: type -> command.
     pub procfile: &'a BTreeMap<String, String>,
-    pub dockerfile: bool,
 }
 
-impl BuildHook<'_> {
+/// What a build produced for the release to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Artifact {
+    /// The slug's object key (buildpack builds).
+    Slug(String),
+    /// The image reference (Dockerfile builds and imports).
+    Image(String),
+}
+
+impl Artifact {
+    /// The slug key or image reference, as the controller's `image` field carries it.
+    pub fn reference(&self) -> &str {
+        match self {
+            Artifact::Slug(key) => key,
+            Artifact::Image(reference) => reference,
+        }
+    }
+
+    pub fn is_image(&self) -> bool {
+        matches!(self, Artifact::Image(_))
+    }
+}
+
+impl ReleaseRequest<'_> {
     /// The short sha the controller and the object layout use (first 8 hex chars).
     /// Fails when the sha is not at least 8 hex characters.
     pub fn short_sha(&self) -> Result<&str, ControllerError> {
@@ -110,9 +134,9 @@ pub trait Controller: Send + Sync + std::fmt::Debug {
     /// An unregistered key is [`ControllerError::UnknownKey`].
     async fn user_for_key(&self, fingerprint: &str) -> Result<User, ControllerError>;
     /// The config of `app`, as seen by `user` (who must be allowed to see it).
-    async fn app_config(&self, user: &str, app: &str) -> Result<AppConfig, ControllerError>;
+    async fn app_config(&self, user: &str, app: &AppName) -> Result<AppConfig, ControllerError>;
     /// Cuts a release, returns its version N (for "Done, app:vN deployed").
-    async fn release(&self, build: &BuildHook<'_>) -> Result<u64, ControllerError>;
+    async fn release(&self, request: &ReleaseRequest<'_>) -> Result<u64, ControllerError>;
     /// Readiness (Deis: `GET /healthz` answers 200).
     async fn check(&self) -> Result<(), ControllerError>;
     /// A one-line description for logs; never contains secrets.
@@ -218,13 +242,14 @@ mod tests {
     #[test]
     fn short_sha_needs_eight_hex_chars() {
         let procfile = BTreeMap::new();
-        let mut hook = BuildHook {
+        let artifact = Artifact::Slug("img".into());
+        let app = AppName::parse("web").unwrap();
+        let mut hook = ReleaseRequest {
             user: "alice",
-            app: "web",
+            app: &app,
             sha: "0123456789abcdef0123456789abcdef01234567",
-            image: "img",
+            artifact: &artifact,
             procfile: &procfile,
-            dockerfile: false,
         };
         assert_eq!(hook.short_sha().unwrap(), "01234567");
         hook.sha = "0123456";

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::authorized_keys;
 use super::values::{config_values, json_type_name};
-use super::{require_valid_fingerprint, AppConfig, BuildHook, Controller};
+use super::{require_valid_fingerprint, AppConfig, AppName, Controller, ReleaseRequest};
 use super::{ControllerError, User};
 
 /// Gives up allocating a release number after this many lost races in a row.
@@ -35,9 +35,9 @@ impl StandaloneController {
         }
     }
 
-    fn app_dir(&self, app: &str) -> Result<PathBuf, ControllerError> {
-        require_safe_app_name(app)?;
-        Ok(self.data_dir.join("apps").join(app))
+    /// An app's directory; an [`AppName`] is one safe path segment.
+    fn app_dir(&self, app: &AppName) -> PathBuf {
+        self.data_dir.join("apps").join(app.as_str())
     }
 
     /// Every usable key in the file, in file order. A missing file means no users.
@@ -100,8 +100,8 @@ impl Controller for StandaloneController {
         })
     }
 
-    async fn app_config(&self, _user: &str, app: &str) -> Result<AppConfig, ControllerError> {
-        let path = self.app_dir(app)?.join("config.json");
+    async fn app_config(&self, _user: &str, app: &AppName) -> Result<AppConfig, ControllerError> {
+        let path = self.app_dir(app).join("config.json");
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == ErrorKind::NotFound => return Ok(AppConfig::default()),
@@ -130,9 +130,9 @@ impl Controller for StandaloneController {
         Ok(AppConfig { values })
     }
 
-    async fn release(&self, build: &BuildHook<'_>) -> Result<u64, ControllerError> {
+    async fn release(&self, build: &ReleaseRequest<'_>) -> Result<u64, ControllerError> {
         let short_sha = build.short_sha()?;
-        let releases_dir = self.app_dir(build.app)?.join("releases");
+        let releases_dir = self.app_dir(build.app).join("releases");
         tokio::fs::create_dir_all(&releases_dir)
             .await
             .map_err(|source| ControllerError::Io {
@@ -169,12 +169,12 @@ impl Controller for StandaloneController {
             let record = json!({
                 "version": version,
                 "user": build.user,
-                "app": build.app,
+                "app": build.app.as_str(),
                 "sha": build.sha,
                 "short_sha": short_sha,
-                "image": build.image,
+                "image": build.artifact.reference(),
                 "procfile": build.procfile,
-                "dockerfile": build.dockerfile,
+                "dockerfile": build.artifact.is_image(),
                 "created": rfc3339_utc(now),
             });
             let mut text = serde_json::to_vec_pretty(&record).unwrap_or_default();
@@ -191,7 +191,7 @@ impl Controller for StandaloneController {
                     source,
                 });
             }
-            tracing::info!(app = build.app, version, "release recorded");
+            tracing::info!(app = %build.app, version, "release recorded");
             return Ok(version);
         }
         Err(ControllerError::InvalidRequest(format!(
@@ -210,24 +210,6 @@ impl Controller for StandaloneController {
             self.authorized_keys.display(),
             self.data_dir.display()
         )
-    }
-}
-
-/// The app name becomes a directory name: refuse anything that could leave `apps/`.
-fn require_safe_app_name(app: &str) -> Result<(), ControllerError> {
-    let safe = !app.is_empty()
-        && app.len() <= 255
-        && !app.starts_with('.')
-        && app
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if safe {
-        Ok(())
-    } else {
-        Err(ControllerError::InvalidRequest(format!(
-            "invalid app name {:?}",
-            super::values::printable_snippet(app)
-        )))
     }
 }
 
@@ -292,6 +274,8 @@ fn civil_date_from_days(days_since_epoch: u64) -> (u64, u64, u64) {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::Arc;
+
+    use crate::Artifact;
 
     use super::*;
     use crate::tests::{ED25519_LINE, ED25519_MD5};
@@ -378,7 +362,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let standalone = controller(dir.path());
         assert!(standalone
-            .app_config("alice", "web")
+            .app_config("alice", &AppName::parse("web").unwrap())
             .await
             .unwrap()
             .values
@@ -391,27 +375,21 @@ mod tests {
             r#"{"BUILDPACK_URL": "https://x/y.git", "DEIS_DISABLE_CACHE": "1"}"#,
         )
         .unwrap();
-        let config = standalone.app_config("alice", "web").await.unwrap();
+        let config = standalone
+            .app_config("alice", &AppName::parse("web").unwrap())
+            .await
+            .unwrap();
         assert_eq!(config.get("BUILDPACK_URL"), Some("https://x/y.git"));
         assert!(config.contains("DEIS_DISABLE_CACHE"));
 
         for bad in ["{not json", "[1,2]", r#"{"A": {"b": 1}}"#] {
             std::fs::write(app_dir.join("config.json"), bad).unwrap();
-            let err = standalone.app_config("alice", "web").await.unwrap_err();
+            let err = standalone
+                .app_config("alice", &AppName::parse("web").unwrap())
+                .await
+                .unwrap_err();
             assert!(matches!(err, ControllerError::InvalidAppConfigFile { .. }));
             assert!(err.to_string().contains("config.json"), "{err}");
-        }
-    }
-
-    #[tokio::test]
-    async fn app_names_cannot_escape_the_data_dir() {
-        let dir = tempfile::tempdir().unwrap();
-        let standalone = controller(dir.path());
-        for bad in ["..", "../x", "a/b", "", ".hidden", "a\\b", "a b"] {
-            assert!(
-                standalone.app_config("alice", bad).await.is_err(),
-                "{bad:?}"
-            );
         }
     }
 
@@ -421,18 +399,17 @@ mod tests {
         let standalone = controller(dir.path());
         standalone.check().await.unwrap();
         let procfile = BTreeMap::from([("web".to_string(), "./run".to_string())]);
-        let build = BuildHook {
+        let build = ReleaseRequest {
             user: "alice",
-            app: "web",
+            app: &AppName::parse("web").unwrap(),
             sha: SHA,
-            image: "home/web:git-01234567/push/slug.tgz",
+            artifact: &Artifact::Slug("home/web:git-01234567/push/slug.tgz".into()),
             procfile: &procfile,
-            dockerfile: false,
         };
         assert_eq!(standalone.release(&build).await.unwrap(), 1);
         assert_eq!(standalone.release(&build).await.unwrap(), 2);
-        let other = BuildHook {
-            app: "api",
+        let other = ReleaseRequest {
+            app: &AppName::parse("api").unwrap(),
             ..build
         };
         assert_eq!(standalone.release(&other).await.unwrap(), 1);
@@ -465,13 +442,12 @@ mod tests {
                 let standalone = Arc::clone(&standalone);
                 tokio::spawn(async move {
                     let procfile = BTreeMap::new();
-                    let build = BuildHook {
+                    let build = ReleaseRequest {
                         user: "alice",
-                        app: "web",
+                        app: &AppName::parse("web").unwrap(),
                         sha: SHA,
-                        image: "img",
+                        artifact: &Artifact::Image("img".into()),
                         procfile: &procfile,
-                        dockerfile: true,
                     };
                     standalone.release(&build).await.unwrap()
                 })

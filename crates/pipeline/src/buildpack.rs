@@ -17,7 +17,9 @@ use super::fetch::{self, BuildpackUrl, FetchedBuildpack, Fetcher, UrlKind, Works
 use super::redact::{RedactedOutput, Redactor};
 use super::submodule::{self, FetchedSubmodule};
 use super::timing::{Stage, StageTimes};
-use super::{blocking_writer, input, Artifact, BuildError, Keys, Pipeline, Published};
+use deis_controller::Artifact;
+
+use super::{blocking_writer, input, BuildError, Built, Keys, Pipeline, Published};
 use crate::push::{Output, Push};
 use deis_executor::{BuildContainerSpec, Job};
 use deis_slug::{self as slug, PackOptions, ProcessTypes, SlugIgnore};
@@ -56,7 +58,7 @@ impl Pipeline {
         published: &Published,
         keys: &Keys,
         times: &StageTimes,
-    ) -> Result<Artifact, BuildError> {
+    ) -> Result<Built, BuildError> {
         let prepare_started = std::time::Instant::now();
         let ignore = match push
             .source
@@ -172,10 +174,9 @@ impl Pipeline {
                 published.put(&keys.procfile, std::io::Cursor::new(procfile.into_bytes())),
             )
             .await?;
-        Ok(Artifact {
-            image: keys.slug.clone(),
+        Ok(Built {
+            artifact: Artifact::Slug(keys.slug.clone()),
             process_types: types,
-            dockerfile: false,
         })
     }
 

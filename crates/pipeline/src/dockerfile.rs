@@ -10,7 +10,9 @@ use super::fetch::{Fetcher, Workspace};
 use super::redact::{RedactedOutput, Redactor};
 use super::submodule;
 use super::timing::{Stage, StageTimes};
-use super::{blocking_writer, input, Artifact, BuildError, Pipeline, Published, PublishedImage};
+use deis_controller::Artifact;
+
+use super::{blocking_writer, input, BuildError, Built, Pipeline, Published, PublishedImage};
 use crate::push::{Output, Push};
 use crate::settings::RegistrySettings;
 use deis_executor::{EngineError, ImageBuild, RegistryAuth, RegistryTag};
@@ -40,7 +42,7 @@ impl Pipeline {
         out: &Output,
         published: &Published,
         times: &StageTimes,
-    ) -> Result<Artifact, BuildError> {
+    ) -> Result<Built, BuildError> {
         let repository = image_repository(self.settings.registry.as_ref(), push.app.as_str());
         // The tag checks ask the engine and the registry; the context needs only git.
         let (context, tag) = tokio::join!(
@@ -125,10 +127,9 @@ impl Pipeline {
             ))
             .await;
         }
-        Ok(Artifact {
-            image: reference,
+        Ok(Built {
+            artifact: Artifact::Image(reference),
             process_types,
-            dockerfile: true,
         })
     }
 

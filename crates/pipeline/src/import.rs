@@ -9,7 +9,7 @@ use super::dockerfile::{image_repository, registry_auth, relay};
 use super::timing::{millis, Stage, StageTimes};
 use super::{BuildError, Pipeline, Published, PublishedImage};
 use crate::push::Output;
-use deis_controller::BuildHook;
+use deis_controller::{Artifact, ReleaseRequest};
 use deis_executor::{RegistryAuth, RegistryTag};
 use deis_slug::ProcessTypes;
 use deis_types::names::{AppName, ImageRef};
@@ -197,13 +197,12 @@ impl Pipeline {
         let release_started = std::time::Instant::now();
         let version = self
             .controller
-            .release(&BuildHook {
+            .release(&ReleaseRequest {
                 user: &request.user,
-                app: request.app.as_str(),
+                app: &request.app,
                 sha: &staged.hex,
-                image: &staged.reference,
+                artifact: &Artifact::Image(staged.reference.clone()),
                 procfile: &request.process_types.0,
-                dockerfile: true,
             })
             .await;
         times.add(Stage::Release, release_started.elapsed());

@@ -31,7 +31,7 @@ use tracing::Instrument;
 use crate::push::{Output, Push, PushRunner, Verdict};
 use crate::settings::BuildSettings;
 use crate::source::SourceError;
-use deis_controller::{BuildHook, Controller, ControllerError};
+use deis_controller::{Artifact, Controller, ControllerError, ReleaseRequest};
 use deis_executor::{Engine, EngineError, Executor, Images, RegistryTag, TagRemoval};
 use deis_metrics::{self as metrics, BuildKind, PushResult};
 use deis_slug::{self as slug, ProcessTypes};
@@ -280,8 +280,8 @@ impl PushRunner for Pipeline {
                 built = self.build(&push, &out, &published, &times) => Some(built),
                 () = cancel.cancelled() => None,
             };
-            let artifact = match built {
-                Some(Ok(artifact)) => artifact,
+            let built = match built {
+                Some(Ok(built)) => built,
                 Some(Err(error)) => {
                     tracing::warn!(%error, failure = %error.failure(), "push rejected");
                     out.error(format!("Build failed: {error}")).await;
@@ -301,7 +301,7 @@ impl PushRunner for Pipeline {
             // Not raced against cancellation: once asked, the controller may cut the release
             // whether or not we wait, and its objects must then stay (the call has a timeout).
             let released = times
-                .time(Stage::Release, self.release(&push, &artifact, &out))
+                .time(Stage::Release, self.release(&push, &built, &out))
                 .await;
             published.settle(&released).await;
             match released {
@@ -349,13 +349,10 @@ impl Pipeline {
         out: &Output,
         published: &Published,
         times: &StageTimes,
-    ) -> Result<Artifact, BuildError> {
+    ) -> Result<Built, BuildError> {
         let source_started = Instant::now();
         let (keys, config) = tokio::try_join!(self.keys_for(push), async {
-            Ok(self
-                .controller
-                .app_config(&push.user, push.app.as_str())
-                .await?)
+            Ok(self.controller.app_config(&push.user, &push.app).await?)
         })?;
         if let Some(bad) = config.values.keys().find(|k| !input::valid_config_name(k)) {
             return Err(BuildError::ConfigName(deis_types::names::printable(bad)));
@@ -389,10 +386,10 @@ impl Pipeline {
             built
         };
         let (stored, built) = tokio::join!(store_source, build);
-        let artifact = built?;
+        let built = built?;
         stored?;
         out.line("Build complete.").await;
-        Ok(artifact)
+        Ok(built)
     }
 
     /// The Deis keys, unless an earlier push of this commit already used them (its objects
@@ -414,22 +411,16 @@ impl Pipeline {
         Ok(first)
     }
 
-    async fn release(
-        &self,
-        push: &Push,
-        artifact: &Artifact,
-        out: &Output,
-    ) -> Result<u64, BuildError> {
+    async fn release(&self, push: &Push, built: &Built, out: &Output) -> Result<u64, BuildError> {
         out.line("Launching App...").await;
         let version = self
             .controller
-            .release(&BuildHook {
+            .release(&ReleaseRequest {
                 user: &push.user,
-                app: push.app.as_str(),
+                app: &push.app,
                 sha: push.commit.as_str(),
-                image: &artifact.image,
-                procfile: &artifact.process_types.0,
-                dockerfile: artifact.dockerfile,
+                artifact: &built.artifact,
+                procfile: &built.process_types.0,
             })
             .await?;
         out.line(format!("Done, {}:v{version} deployed", push.app))
@@ -483,11 +474,9 @@ impl Pipeline {
 
 /// What a build produced, for the release.
 #[derive(Debug)]
-pub struct Artifact {
-    /// The slug's object key, or the image reference.
-    pub image: String,
+pub struct Built {
+    pub artifact: Artifact,
     pub process_types: ProcessTypes,
-    pub dockerfile: bool,
 }
 
 /// Runs a blocking writer over an async byte stream, producing an async byte stream.

@@ -91,16 +91,16 @@ impl Controller for RecordingController {
         })
     }
 
-    async fn app_config(&self, _user: &str, _app: &str) -> Result<AppConfig, ControllerError> {
+    async fn app_config(&self, _user: &str, _app: &AppName) -> Result<AppConfig, ControllerError> {
         Ok(AppConfig::default())
     }
 
-    async fn release(&self, build: &BuildHook<'_>) -> Result<u64, ControllerError> {
+    async fn release(&self, request: &ReleaseRequest<'_>) -> Result<u64, ControllerError> {
         self.asked.lock().unwrap().push(Asked {
-            app: build.app.to_owned(),
-            image: build.image.to_owned(),
-            procfile: build.procfile.clone(),
-            dockerfile: build.dockerfile,
+            app: request.app.to_string(),
+            image: request.artifact.reference().to_owned(),
+            procfile: request.procfile.clone(),
+            dockerfile: request.artifact.is_image(),
         });
         let answer = self.answer.lock().unwrap().clone();
         match answer {
