@@ -119,20 +119,20 @@ impl Settings {
         args: ServeArgs,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let data_dir = args.data_dir;
+        let data_dir = args.data_dir.clone();
         if data_dir.as_os_str().is_empty() {
             return Err(invalid("--data-dir", "must not be empty"));
         }
-        let ssh_addr = match args.ssh_addr {
-            Some(addr) => parse_addr("--ssh-addr", &addr)?,
+        let ssh_addr = match &args.ssh_addr {
+            Some(addr) => parse_addr("--ssh-addr", addr)?,
             None => {
                 let host = env("SSH_HOST_IP").unwrap_or_else(|| "0.0.0.0".into());
                 let port = env("SSH_HOST_PORT").unwrap_or_else(|| "2223".into());
                 parse_addr("SSH_HOST_IP/SSH_HOST_PORT", &format!("{host}:{port}"))?
             }
         };
-        let http_addr = match args.http_addr {
-            Some(addr) => parse_addr("--http-addr", &addr)?,
+        let http_addr = match &args.http_addr {
+            Some(addr) => parse_addr("--http-addr", addr)?,
             None => {
                 let port = env("HEALTH_SERVER_PORT").unwrap_or_else(|| "8092".into());
                 parse_addr("HEALTH_SERVER_PORT", &format!("0.0.0.0:{port}"))?
@@ -141,98 +141,41 @@ impl Settings {
         let host_keys = if args.host_keys.is_empty() {
             vec![data_dir.join("ssh_host_ed25519_key")]
         } else {
-            args.host_keys
+            args.host_keys.clone()
         };
         // Both modes take the key from either place: standalone needs it for imports.
-        let builder_key = builder_key(args.builder_key, args.builder_key_file.as_deref())?;
+        let builder_key = builder_key(args.builder_key.clone(), args.builder_key_file.as_deref())?;
         let controller = controller_settings(
-            args.controller_url,
+            args.controller_url.clone(),
             builder_key.clone(),
             &args.controller_timeout,
             args.authorized_keys
+                .clone()
                 .unwrap_or_else(|| data_dir.join("authorized_keys")),
             &env,
         )?;
         // The SDK's own variables stand in for --s3-endpoint; an error names the one used.
-        let s3_endpoint = match args.s3_endpoint {
+        let s3_endpoint = match args.s3_endpoint.clone() {
             Some(endpoint) => Some((endpoint, None)),
             None => ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
                 .into_iter()
                 .find_map(|name| Some((env(name)?, Some(name)))),
         };
         let storage = storage_settings(
-            args.storage,
+            args.storage.clone(),
             s3_endpoint,
             !parse_switch("--s3-virtual-hosted", &args.s3_virtual_hosted)?,
             &data_dir,
         )?;
         let registry = registry_settings(
-            args.registry,
-            args.registry_username,
-            args.registry_password,
+            args.registry.clone(),
+            args.registry_username.clone(),
+            args.registry_password.clone(),
             &env,
         )?;
-        let build = BuildSettings {
-            stack_image: non_empty("--stack-image", args.stack_image)?,
-            registry,
-            network: non_empty("--build-network", args.build_network)?,
-            memory_bytes: parse_memory("--build-memory", &args.build_memory)?,
-            pids_limit: parse_number("--build-pids", &args.build_pids, 16)?,
-            timeout: parse_duration("--build-timeout", &args.build_timeout)?,
-            slug_warn_bytes: parse_size("--slug-warn-size", &args.slug_warn_size, 1)?,
-            slug_max_bytes: parse_size("--slug-max-size", &args.slug_max_size, 1)?,
-            fetch_timeout: parse_duration(
-                "--buildpack-fetch-timeout",
-                &args.buildpack_fetch_timeout,
-            )?,
-            buildpack_max_bytes: parse_size("--buildpack-max-size", &args.buildpack_max_size, 1)?,
-            work_dir: data_dir.join("tmp"),
-            stack_name: args
-                .stack_name
-                .map(|name| stack_name("--stack-name", name))
-                .transpose()?,
-            egress: EgressSettings {
-                ca: args
-                    .build_ca_file
-                    .map(|path| read_ca_file(&path).map(|pem| (path, pem)))
-                    .transpose()?,
-                http_proxy: args
-                    .build_http_proxy
-                    .map(|url| proxy_url("--build-http-proxy", url))
-                    .transpose()?,
-                https_proxy: args
-                    .build_https_proxy
-                    .map(|url| proxy_url("--build-https-proxy", url))
-                    .transpose()?,
-                no_proxy: args
-                    .build_no_proxy
-                    .map(|hosts| plain_value("--build-no-proxy", hosts))
-                    .transpose()?,
-            },
-        };
-        let limits = LimitSettings {
-            max_builds: parse_number("--max-builds", &args.max_builds, 1)?,
-            max_connections: parse_number("--max-connections", &args.max_connections, 1)?,
-            login_timeout: parse_duration("--login-timeout", &args.login_timeout)?,
-            idle_timeout: parse_duration("--idle-timeout", &args.idle_timeout)?,
-            max_auth_attempts: parse_number("--max-auth-attempts", &args.max_auth_attempts, 1)?,
-            max_push_bytes: parse_size("--max-push-size", &args.max_push_size, 1)?,
-            lock_wait: match args.lock_wait.trim() {
-                "0" | "0s" => Duration::ZERO,
-                other => parse_duration("--lock-wait", other)?,
-            },
-            shutdown_grace: parse_duration("--shutdown-grace", &args.shutdown_grace)?,
-        };
-        let log_format = match args.log_format.as_str() {
-            "text" | "human" => LogFormat::Human,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "--log-format",
-                    format!("{other:?} is neither `text` nor `json`"),
-                ))
-            }
-        };
+        let build = build_settings(&args, registry, &data_dir)?;
+        let limits = limit_settings(&args)?;
+        let log_format = log_format(&args.log_format)?;
         // Deis components read DEIS_DEBUG as `true`/`1`; the other usual spellings work too.
         let debug = match env("DEIS_DEBUG") {
             Some(value) => parse_switch("DEIS_DEBUG", &value)?,
@@ -251,6 +194,86 @@ impl Settings {
             log_format,
             debug,
         })
+    }
+}
+
+/// Limits and placement of build containers.
+fn build_settings(
+    args: &ServeArgs,
+    registry: Option<RegistrySettings>,
+    data_dir: &Path,
+) -> Result<BuildSettings, ConfigError> {
+    Ok(BuildSettings {
+        stack_image: non_empty("--stack-image", args.stack_image.clone())?,
+        registry,
+        network: non_empty("--build-network", args.build_network.clone())?,
+        memory_bytes: parse_memory("--build-memory", &args.build_memory)?,
+        pids_limit: parse_number("--build-pids", &args.build_pids, 16)?,
+        timeout: parse_duration("--build-timeout", &args.build_timeout)?,
+        slug_warn_bytes: parse_size("--slug-warn-size", &args.slug_warn_size, 1)?,
+        slug_max_bytes: parse_size("--slug-max-size", &args.slug_max_size, 1)?,
+        fetch_timeout: parse_duration("--buildpack-fetch-timeout", &args.buildpack_fetch_timeout)?,
+        buildpack_max_bytes: parse_size("--buildpack-max-size", &args.buildpack_max_size, 1)?,
+        work_dir: data_dir.join("tmp"),
+        stack_name: args
+            .stack_name
+            .clone()
+            .map(|name| stack_name("--stack-name", name))
+            .transpose()?,
+        egress: egress_settings(args)?,
+    })
+}
+
+/// Extra trust and proxies for builds.
+fn egress_settings(args: &ServeArgs) -> Result<EgressSettings, ConfigError> {
+    Ok(EgressSettings {
+        ca: args
+            .build_ca_file
+            .clone()
+            .map(|path| read_ca_file(&path).map(|pem| (path, pem)))
+            .transpose()?,
+        http_proxy: args
+            .build_http_proxy
+            .clone()
+            .map(|url| proxy_url("--build-http-proxy", url))
+            .transpose()?,
+        https_proxy: args
+            .build_https_proxy
+            .clone()
+            .map(|url| proxy_url("--build-https-proxy", url))
+            .transpose()?,
+        no_proxy: args
+            .build_no_proxy
+            .clone()
+            .map(|hosts| plain_value("--build-no-proxy", hosts))
+            .transpose()?,
+    })
+}
+
+fn limit_settings(args: &ServeArgs) -> Result<LimitSettings, ConfigError> {
+    Ok(LimitSettings {
+        max_builds: parse_number("--max-builds", &args.max_builds, 1)?,
+        max_connections: parse_number("--max-connections", &args.max_connections, 1)?,
+        login_timeout: parse_duration("--login-timeout", &args.login_timeout)?,
+        idle_timeout: parse_duration("--idle-timeout", &args.idle_timeout)?,
+        max_auth_attempts: parse_number("--max-auth-attempts", &args.max_auth_attempts, 1)?,
+        max_push_bytes: parse_size("--max-push-size", &args.max_push_size, 1)?,
+        lock_wait: match args.lock_wait.trim() {
+            "0" | "0s" => Duration::ZERO,
+            other => parse_duration("--lock-wait", other)?,
+        },
+        shutdown_grace: parse_duration("--shutdown-grace", &args.shutdown_grace)?,
+    })
+}
+
+fn log_format(value: &str) -> Result<LogFormat, ConfigError> {
+    match value {
+        "text" | "human" => Ok(LogFormat::Human),
+        "json" => Ok(LogFormat::Json),
+        other => Err(invalid(
+            "--log-format",
+            format!("{other:?} is neither `text` nor `json`"),
+        )),
     }
 }
 

@@ -25,7 +25,7 @@ use deis_executor::Engine;
 use deis_frontdoor::admission::{Admission, Refusal};
 use deis_metrics::BuildKind;
 use deis_pipeline::push::Output;
-use deis_pipeline::{BuildError, Failure, ImportRequest, Pipeline};
+use deis_pipeline::{BuildError, Failure, ImportRequest, Imported, Pipeline};
 use deis_slug::ProcessTypes;
 use deis_storage::ObjectStore;
 use deis_types::names::{AppName, ImageRef};
@@ -136,21 +136,8 @@ async fn import(
     body: axum::body::Bytes,
 ) -> Reply {
     let imports = &state.imports;
-    let Some(expected) = &imports.builder_key else {
-        return detail(
-            StatusCode::FORBIDDEN,
-            "image import is off: start the builder with a builder key",
-        );
-    };
-    let given = headers
-        .get("x-deis-builder-auth")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !constant_time_eq(given, expected.as_bytes()) {
-        return detail(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized: Missing or Invalid Token",
-        );
+    if let Err(refused) = authorize(imports.builder_key.as_deref(), &headers) {
+        return refused;
     }
     let request = match parse_import(&body) {
         Ok(request) => request,
@@ -167,15 +154,7 @@ async fn import(
         }
         Err(_) => return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING),
     };
-    let (out, mut rx) = Output::channel(64);
-    let collector = tokio::spawn(async move {
-        let mut log = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            let room = MAX_IMPORT_OUTPUT.saturating_sub(log.len());
-            log.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        }
-        String::from_utf8_lossy(&log).into_owned()
-    });
+    let (out, collector) = collect_output();
     // A caller that hangs up while waiting leaves the line (axum drops this future).
     let cancel = CancellationToken::new();
     let Ok(slot) = admission.slot(&out, &cancel).await else {
@@ -204,6 +183,47 @@ async fn import(
             return detail(StatusCode::INTERNAL_SERVER_ERROR, "the import failed");
         }
     };
+    import_reply(&app, result, output)
+}
+
+/// The builder key callers must present (the Deis builder key); none turns imports off.
+fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), Reply> {
+    let Some(expected) = expected else {
+        return Err(detail(
+            StatusCode::FORBIDDEN,
+            "image import is off: start the builder with a builder key",
+        ));
+    };
+    let given = headers
+        .get("x-deis-builder-auth")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if constant_time_eq(given, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(detail(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: Missing or Invalid Token",
+        ))
+    }
+}
+
+/// An output the import writes to, and the task that keeps its first
+/// [`MAX_IMPORT_OUTPUT`] bytes for the reply.
+fn collect_output() -> (Output, tokio::task::JoinHandle<String>) {
+    let (out, mut rx) = Output::channel(64);
+    let collector = tokio::spawn(async move {
+        let mut log = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            let room = MAX_IMPORT_OUTPUT.saturating_sub(log.len());
+            log.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        String::from_utf8_lossy(&log).into_owned()
+    });
+    (out, collector)
+}
+
+fn import_reply(app: &AppName, result: Result<Imported, BuildError>, output: String) -> Reply {
     match result {
         Ok(imported) => (
             StatusCode::OK,

@@ -165,99 +165,119 @@ impl GitServer {
         let app = &command.app;
         match command.service {
             GitService::UploadPack => {
-                let git_dir = self.repo_path(app);
-                if !git_dir.join("HEAD").is_file() {
-                    let msg = format!("fatal: {app} has no git repository yet: push to it first\n");
-                    client.stderr(Bytes::from(msg)).await;
-                    return 128;
-                }
-                let mut cmd = git_command(&git_dir);
-                cmd.args(["upload-pack", "--strict"]).arg(&git_dir);
-                if let Some(protocol) = git_protocol {
-                    cmd.env("GIT_PROTOCOL", protocol);
-                }
-                let stop = async {
-                    tokio::select! {
-                        () = cancel.cancelled() => {}
-                        () = self.shutdown().abort.cancelled() => {}
-                    }
-                };
-                run_piped(cmd, stdin, client, stop, u64::MAX).await.status
+                self.upload_pack(app, git_protocol, stdin, client, cancel)
+                    .await
             }
-            GitService::ReceivePack => {
-                let receive_started = std::time::Instant::now();
-                let Some(lock) = self.lock_app(app, client, &cancel).await else {
-                    deis_metrics::push_finished(deis_metrics::PushResult::Rejected);
-                    return 1;
-                };
-                let git_dir = match self.ensure_repo(app).await {
-                    Ok(dir) => dir,
-                    Err(error) => {
-                        tracing::error!(%error, "repository setup failed");
-                        client.stdout(pkt_line_error(&error.to_string())).await;
-                        return 1;
-                    }
-                };
-                let lock = Arc::new(lock);
-                let push_id = new_push_id();
-                // The caller's span (SSH: `git`) declares the field; logs tie up by it.
-                tracing::Span::current().record("push_id", push_id.as_str());
-                self.pending.insert(
-                    push_id.clone(),
-                    PendingPush {
-                        app: app.clone(),
-                        user: user.to_owned(),
-                        git_dir: git_dir.clone(),
-                        cancel: cancel.clone(),
-                        lock: lock.clone(),
-                        receive_started,
-                    },
-                );
-                let mut cmd = git_command(&git_dir);
-                cmd.arg("receive-pack")
-                    .arg(&git_dir)
-                    .env(ENV_HOOK_SOCKET, &self.hook_socket)
-                    .env(ENV_PUSH_ID, &push_id)
-                    .env(ENV_EXE, &self.exe);
-                // Only the client going away stops git here: on shutdown the hook rejects the
-                // push with a message, which needs git alive to reach the client.
-                let piped = run_piped(
-                    cmd,
-                    stdin,
-                    client,
-                    cancel.cancelled(),
-                    self.limits.max_push_bytes,
-                )
-                .await;
-                self.pending.remove(&push_id);
-                if piped.status != 0 {
-                    // receive-pack is SIGKILLed when the client goes and then cannot remove
-                    // its quarantine. The app is still locked: what is left is this push's.
-                    let repo = git_dir.clone();
-                    if let Ok(removed @ 1..) =
-                        tokio::task::spawn_blocking(move || crate::sweep::remove_quarantines(&repo))
-                            .await
-                    {
-                        tracing::info!(removed, "removed the quarantine of an unfinished push");
-                    }
-                }
-                drop(lock);
-                if piped.input_exceeded {
-                    deis_metrics::push_finished(deis_metrics::PushResult::Rejected);
-                    tracing::info!(
-                        limit = self.limits.max_push_bytes,
-                        "push over the size limit refused"
-                    );
-                    let msg = format!(
-                        "deis-builder: this push is larger than the limit of {} (--max-push-size); it was refused and nothing was stored\n",
-                        deis_types::units::format_size(self.limits.max_push_bytes)
-                    );
-                    client.stderr(Bytes::from(msg)).await;
-                    return 1;
-                }
-                piped.status
-            }
+            GitService::ReceivePack => self.receive_pack(app, user, stdin, client, cancel).await,
         }
+    }
+
+    /// A clone or fetch: `git upload-pack`, stopped when the client goes or at the end of
+    /// the grace period.
+    async fn upload_pack(
+        &self,
+        app: &AppName,
+        git_protocol: Option<&str>,
+        stdin: mpsc::Receiver<Bytes>,
+        client: &dyn ClientSink,
+        cancel: CancellationToken,
+    ) -> u32 {
+        let git_dir = self.repo_path(app);
+        if !git_dir.join("HEAD").is_file() {
+            let msg = format!("fatal: {app} has no git repository yet: push to it first\n");
+            client.stderr(Bytes::from(msg)).await;
+            return 128;
+        }
+        let mut cmd = git_command(&git_dir);
+        cmd.args(["upload-pack", "--strict"]).arg(&git_dir);
+        if let Some(protocol) = git_protocol {
+            cmd.env("GIT_PROTOCOL", protocol);
+        }
+        let stop = async {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = self.shutdown().abort.cancelled() => {}
+            }
+        };
+        run_piped(cmd, stdin, client, stop, u64::MAX).await.status
+    }
+
+    /// A push: the app's lock, then `git receive-pack`, whose pre-receive hook hands the
+    /// push to the pipeline (see [`hook`]). The lock is held until both are done.
+    async fn receive_pack(
+        &self,
+        app: &AppName,
+        user: &str,
+        stdin: mpsc::Receiver<Bytes>,
+        client: &dyn ClientSink,
+        cancel: CancellationToken,
+    ) -> u32 {
+        let receive_started = std::time::Instant::now();
+        let Some(lock) = self.lock_app(app, client, &cancel).await else {
+            deis_metrics::push_finished(deis_metrics::PushResult::Rejected);
+            return 1;
+        };
+        let git_dir = match self.ensure_repo(app).await {
+            Ok(dir) => dir,
+            Err(error) => {
+                tracing::error!(%error, "repository setup failed");
+                client.stdout(pkt_line_error(&error.to_string())).await;
+                return 1;
+            }
+        };
+        let lock = Arc::new(lock);
+        let push_id = new_push_id();
+        // The caller's span (SSH: `git`) declares the field; logs tie up by it.
+        tracing::Span::current().record("push_id", push_id.as_str());
+        self.pending.insert(
+            push_id.clone(),
+            PendingPush {
+                app: app.clone(),
+                user: user.to_owned(),
+                git_dir: git_dir.clone(),
+                cancel: cancel.clone(),
+                lock: lock.clone(),
+                receive_started,
+            },
+        );
+        let mut cmd = git_command(&git_dir);
+        cmd.arg("receive-pack")
+            .arg(&git_dir)
+            .env(ENV_HOOK_SOCKET, &self.hook_socket)
+            .env(ENV_PUSH_ID, &push_id)
+            .env(ENV_EXE, &self.exe);
+        // Only the client going away stops git here: on shutdown the hook rejects the
+        // push with a message, which needs git alive to reach the client.
+        let piped = run_piped(
+            cmd,
+            stdin,
+            client,
+            cancel.cancelled(),
+            self.limits.max_push_bytes,
+        )
+        .await;
+        self.pending.remove(&push_id);
+        if piped.status != 0 {
+            // The app is still locked: a quarantine left now is this push's.
+            remove_quarantine_of_unfinished_push(&git_dir).await;
+        }
+        drop(lock);
+        if piped.input_exceeded {
+            self.refuse_oversized_push(client).await;
+            return 1;
+        }
+        piped.status
+    }
+
+    async fn refuse_oversized_push(&self, client: &dyn ClientSink) {
+        deis_metrics::push_finished(deis_metrics::PushResult::Rejected);
+        let limit = self.limits.max_push_bytes;
+        tracing::info!(limit, "push over the size limit refused");
+        let msg = format!(
+            "deis-builder: this push is larger than the limit of {} (--max-push-size); it was refused and nothing was stored\n",
+            deis_types::units::format_size(limit)
+        );
+        client.stderr(Bytes::from(msg)).await;
     }
 
     /// The app's push lock, waiting up to the lock wait for a running push to finish.
@@ -467,6 +487,17 @@ fn exit_code(status: std::process::ExitStatus) -> u32 {
         (Some(code), _) => u32::try_from(code).unwrap_or(1),
         (None, Some(signal)) => 128 + u32::try_from(signal).unwrap_or(0),
         (None, None) => 1,
+    }
+}
+
+/// `receive-pack` is SIGKILLed when the client goes and then cannot remove its quarantine.
+/// Call only while holding the app's lock.
+async fn remove_quarantine_of_unfinished_push(git_dir: &Path) {
+    let repo = git_dir.to_owned();
+    if let Ok(removed @ 1..) =
+        tokio::task::spawn_blocking(move || crate::sweep::remove_quarantines(&repo)).await
+    {
+        tracing::info!(removed, "removed the quarantine of an unfinished push");
     }
 }
 
