@@ -29,6 +29,8 @@ const GZIP_LEVEL: u32 = 6;
 const GZIP_OS_UNIX: u8 = 3;
 /// setuid/setgid are dropped: nothing in a slug should gain privileges when run.
 const DROPPED_MODE_BITS: u32 = 0o6000;
+/// Mode of the `./` written for input that has no root entry of its own.
+const DEFAULT_ROOT_MODE: u32 = 0o755;
 
 const PROCFILE: &[u8] = b"Procfile";
 const RELEASE_FILE: &[u8] = b".release";
@@ -97,204 +99,320 @@ pub fn pack<R: Read, W: Write>(
     output: W,
     opts: &PackOptions,
 ) -> Result<PackedSlug, SlugError> {
-    let prefix = normalized_prefix(opts.strip_prefix);
     let mut archive = tar::Archive::new(input);
     let entries = archive.entries().map_err(|error| SlugError::Tar {
         context: "start of archive".to_owned(),
         error,
     })?;
-
-    let mut out = SlugWriter::new(output)?;
-    let mut state = PackState::default();
+    let mut packer = Packer::new(output, opts)?;
+    // A broken entry has no name of its own: errors name the one before it.
     let mut last_path = String::new();
-
     for entry in entries {
-        let mut entry = entry.map_err(|error| SlugError::Tar {
+        let entry = entry.map_err(|error| SlugError::Tar {
             context: entry_context(&last_path),
             error,
         })?;
         let raw_path = entry.path_bytes().into_owned();
         last_path = String::from_utf8_lossy(&raw_path).into_owned();
-        let entry_type = entry.header().entry_type();
-        if entry_type.is_pax_global_extensions() {
-            continue; // archive-wide metadata (mtimes, owners) we do not keep anyway
-        }
-
-        let components =
-            relative_components(&raw_path).map_err(|reason| SlugError::UnsafePath {
-                path: last_path.clone(),
-                reason,
-            })?;
-        let Some(rel) = strip_components(&components, &prefix) else {
-            return Err(SlugError::OutsidePrefix {
-                path: last_path.clone(),
-                prefix: String::from_utf8_lossy(&prefix.join(&b'/')).into_owned(),
-            });
-        };
-        let kind = EntryKind::of(entry_type, &raw_path);
-
-        if rel.is_empty() {
-            if kind != EntryKind::Directory {
-                return Err(SlugError::UnsafePath {
-                    path: last_path.clone(),
-                    reason: "the app root must be a directory",
-                });
-            }
-            if !state.root_written {
-                let mode = entry_mode(&entry, &last_path)?;
-                out.header(b"./", None, EntryType::Directory, mode, 0)?;
-                state.root_written = true;
-                state.entries += 1;
-            }
-            continue;
-        }
-
-        let rel_path = rel.join(&b'/');
-        let rel_text = String::from_utf8_lossy(&rel_path).into_owned();
-        if rel.contains(&GIT_DIR) || rel_path == SLUGIGNORE_FILE {
-            continue;
-        }
-        let is_dir = kind == EntryKind::Directory;
-        let protected = rel_path == PROCFILE || rel_path == RELEASE_FILE;
-        if opts.ignore.is_ignored(&rel_text, is_dir) {
-            if protected {
-                tracing::warn!(path = %rel_text, ".slugignore matches a file the app needs to start; keeping it");
-            } else {
-                state.ignored_entries += 1;
-                continue;
-            }
-        }
-
-        if kind == EntryKind::Unsupported {
-            tracing::warn!(
-                path = %rel_text,
-                entry_type = entry_type.as_byte(),
-                "leaving a special file (device, fifo or unknown type) out of the slug"
-            );
-            continue;
-        }
-
-        if !state.root_written {
-            // Input without its own root entry (e.g. `tar -c file1 dir/`): slugs always have one.
-            out.header(b"./", None, EntryType::Directory, 0o755, 0)?;
-            state.root_written = true;
-            state.entries += 1;
-        }
-
-        let mode = entry_mode(&entry, &last_path)?;
-        let mut name = Vec::with_capacity(rel_path.len() + 3);
-        name.extend_from_slice(b"./");
-        name.extend_from_slice(&rel_path);
-
-        match kind {
-            EntryKind::Directory => {
-                name.push(b'/');
-                out.header(&name, None, EntryType::Directory, mode, 0)?;
-            }
-            EntryKind::Symlink => {
-                let Some(target) = entry.link_name_bytes().map(|t| t.into_owned()) else {
-                    return Err(SlugError::Tar {
-                        context: format!("symlink {rel_text:?}"),
-                        error: io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "symlink without a target",
-                        ),
-                    });
-                };
-                if let Some(captured) = Captured::for_path(&rel_path) {
-                    match resolve_top_level_link(&target) {
-                        Some(resolved) => state.pending_links.push((resolved, captured)),
-                        None => tracing::warn!(
-                            path = %rel_text,
-                            target = %String::from_utf8_lossy(&target),
-                            "symlink leaves the app directory; its content is not read"
-                        ),
-                    }
-                }
-                out.header(&name, Some(&target), EntryType::Symlink, mode, 0)?;
-            }
-            EntryKind::HardLink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                let target_rel = relative_components(&target)
-                    .ok()
-                    .and_then(|c| strip_components(&c, &prefix).map(|rel| rel.join(&b'/')))
-                    .filter(|t| state.files.contains(t));
-                let Some(target_rel) = target_rel else {
-                    return Err(SlugError::DanglingHardLink {
-                        path: rel_text,
-                        target: String::from_utf8_lossy(&target).into_owned(),
-                    });
-                };
-                if Captured::for_path(&rel_path).is_some() {
-                    tracing::warn!(path = %rel_text, "hard-linked Procfile/.release is kept but not read");
-                }
-                let mut target_name = b"./".to_vec();
-                target_name.extend_from_slice(&target_rel);
-                out.header(&name, Some(&target_name), EntryType::Link, mode, 0)?;
-                state.files.insert(rel_path);
-            }
-            EntryKind::File => {
-                let size = entry.size();
-                let captured =
-                    Captured::for_path(&rel_path).or_else(|| state.take_pending(&rel_path));
-                out.header(&name, None, EntryType::Regular, mode, size)?;
-                match captured {
-                    Some(captured) => {
-                        let text = read_captured(&mut entry, size, captured, &rel_text)?;
-                        out.data(text.as_bytes())?;
-                        state.store(captured, text);
-                    }
-                    None => out.copy_data(&mut entry, size, &rel_text)?,
-                }
-                state.uncompressed_bytes += size;
-                state.files.insert(rel_path);
-            }
-            EntryKind::Unsupported => {}
-        }
-        state.entries += 1;
+        packer.entry(entry, &raw_path, &last_path)?;
     }
-
-    if !state.root_written {
-        out.header(b"./", None, EntryType::Directory, 0o755, 0)?;
-        state.entries += 1;
-    }
-    for (target, captured) in &state.pending_links {
-        tracing::warn!(
-            file = captured.label(),
-            target = %String::from_utf8_lossy(target),
-            "symlink target is not in the slug or comes before it; its content is not read"
-        );
-    }
-    let (sha256, compressed_bytes) = out.finish()?;
-    Ok(PackedSlug {
-        sha256,
-        compressed_bytes,
-        uncompressed_bytes: state.uncompressed_bytes,
-        entries: state.entries,
-        procfile: state.procfile,
-        release: state.release,
-        ignored_entries: state.ignored_entries,
-    })
+    packer.finish()
 }
 
-#[derive(Default)]
-struct PackState {
+/// One [`pack`] run: the output and what it has to remember between entries.
+struct Packer<'a, W: Write> {
+    out: SlugWriter<W>,
+    /// `strip_prefix` as path components.
+    prefix: Vec<Vec<u8>>,
+    ignore: &'a SlugIgnore,
     root_written: bool,
     entries: u64,
     uncompressed_bytes: u64,
     ignored_entries: u64,
     /// Paths of regular files written so far: the only valid hard-link targets.
     files: HashSet<Vec<u8>>,
+    captures: Captures,
+}
+
+impl<'a, W: Write> Packer<'a, W> {
+    fn new(output: W, opts: &PackOptions<'a>) -> Result<Self, SlugError> {
+        Ok(Packer {
+            out: SlugWriter::new(output)?,
+            prefix: normalized_prefix(opts.strip_prefix),
+            ignore: opts.ignore,
+            root_written: false,
+            entries: 0,
+            uncompressed_bytes: 0,
+            ignored_entries: 0,
+            files: HashSet::new(),
+            captures: Captures::default(),
+        })
+    }
+
+    /// Writes one input entry into the slug, or leaves it out.
+    fn entry<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<'_, R>,
+        raw_path: &[u8],
+        input_path: &str,
+    ) -> Result<(), SlugError> {
+        let entry_type = entry.header().entry_type();
+        if entry_type.is_pax_global_extensions() {
+            return Ok(()); // archive-wide metadata (mtimes, owners) we do not keep anyway
+        }
+        let components = self.app_components(raw_path, input_path)?;
+        let kind = EntryKind::of(entry_type, raw_path);
+        if components.is_empty() {
+            return self.app_root(&entry, kind, input_path);
+        }
+        let path = SlugPath::new(&components);
+        if !self.keeps(&components, &path, kind == Some(EntryKind::Directory)) {
+            return Ok(());
+        }
+        let Some(kind) = kind else {
+            tracing::warn!(
+                path = %path.text,
+                entry_type = entry_type.as_byte(),
+                "leaving a special file (device, fifo or unknown type) out of the slug"
+            );
+            return Ok(());
+        };
+        // Input without its own root entry (e.g. `tar -c file1 dir/`): slugs always have one.
+        self.root(DEFAULT_ROOT_MODE)?;
+        let mode = entry_mode(&entry, input_path)?;
+        match kind {
+            EntryKind::Directory => self.directory(&path, mode)?,
+            EntryKind::Symlink => self.symlink(&entry, &path, mode)?,
+            EntryKind::HardLink => self.hard_link(&entry, path, mode)?,
+            EntryKind::File => self.file(&mut entry, path, mode)?,
+        }
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// The entry's path components below `strip_prefix`; `[]` for the app root itself.
+    fn app_components<'p>(
+        &self,
+        raw_path: &'p [u8],
+        input_path: &str,
+    ) -> Result<Vec<&'p [u8]>, SlugError> {
+        let components = relative_components(raw_path).map_err(|reason| SlugError::UnsafePath {
+            path: input_path.to_owned(),
+            reason,
+        })?;
+        strip_components(&components, &self.prefix).ok_or_else(|| SlugError::OutsidePrefix {
+            path: input_path.to_owned(),
+            prefix: String::from_utf8_lossy(&self.prefix.join(&b'/')).into_owned(),
+        })
+    }
+
+    /// The input's own root entry (`app/` for prefix `app`) becomes `./` with its mode.
+    fn app_root<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        kind: Option<EntryKind>,
+        input_path: &str,
+    ) -> Result<(), SlugError> {
+        if kind != Some(EntryKind::Directory) {
+            return Err(SlugError::UnsafePath {
+                path: input_path.to_owned(),
+                reason: "the app root must be a directory",
+            });
+        }
+        // A repeated root entry (e.g. `app/` and `app/.`) adds nothing, not even its mode.
+        if self.root_written {
+            return Ok(());
+        }
+        let mode = entry_mode(entry, input_path)?;
+        self.root(mode)
+    }
+
+    /// Writes `./` unless it is already there: every slug has exactly one.
+    fn root(&mut self, mode: u32) -> Result<(), SlugError> {
+        if !self.root_written {
+            self.out
+                .header(b"./", None, EntryType::Directory, mode, 0)?;
+            self.root_written = true;
+            self.entries += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether an entry goes into the slug; counts those `.slugignore` leaves out.
+    fn keeps(&mut self, components: &[&[u8]], path: &SlugPath, is_dir: bool) -> bool {
+        if components.contains(&GIT_DIR) || path.rel == SLUGIGNORE_FILE {
+            return false;
+        }
+        if !self.ignore.is_ignored(&path.text, is_dir) {
+            return true;
+        }
+        // The top-level Procfile and .release are what the app needs to start.
+        if Captured::for_path(&path.rel).is_some() {
+            tracing::warn!(path = %path.text, ".slugignore matches a file the app needs to start; keeping it");
+            return true;
+        }
+        self.ignored_entries += 1;
+        false
+    }
+
+    fn directory(&mut self, path: &SlugPath, mode: u32) -> Result<(), SlugError> {
+        let mut name = path.name();
+        name.push(b'/');
+        self.out.header(&name, None, EntryType::Directory, mode, 0)
+    }
+
+    /// Keeps the target verbatim, never following it, except to read a top-level
+    /// Procfile/.release when its target streams by later.
+    fn symlink<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        path: &SlugPath,
+        mode: u32,
+    ) -> Result<(), SlugError> {
+        let Some(target) = entry.link_name_bytes() else {
+            return Err(SlugError::Tar {
+                context: format!("symlink {:?}", path.text),
+                error: io::Error::new(io::ErrorKind::InvalidData, "symlink without a target"),
+            });
+        };
+        if let Some(captured) = Captured::for_path(&path.rel) {
+            self.captures.follow_symlink(captured, path, &target);
+        }
+        self.out
+            .header(&path.name(), Some(&target), EntryType::Symlink, mode, 0)
+    }
+
+    fn hard_link<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        path: SlugPath,
+        mode: u32,
+    ) -> Result<(), SlugError> {
+        let target = entry.link_name_bytes().unwrap_or_default();
+        let Some(target_rel) = self.hard_link_target(&target) else {
+            return Err(SlugError::DanglingHardLink {
+                path: path.text,
+                target: String::from_utf8_lossy(&target).into_owned(),
+            });
+        };
+        if Captured::for_path(&path.rel).is_some() {
+            tracing::warn!(path = %path.text, "hard-linked Procfile/.release is kept but not read");
+        }
+        let target_name = slug_name(&target_rel);
+        self.out
+            .header(&path.name(), Some(&target_name), EntryType::Link, mode, 0)?;
+        self.files.insert(path.rel);
+        Ok(())
+    }
+
+    /// A hard link's target as a slug path, if it is a regular file already written: the
+    /// entry a reader of the slug must already have when it meets the link.
+    fn hard_link_target(&self, target: &[u8]) -> Option<Vec<u8>> {
+        let components = relative_components(target).ok()?;
+        let target_rel = strip_components(&components, &self.prefix)?.join(&b'/');
+        self.files.contains(&target_rel).then_some(target_rel)
+    }
+
+    /// Streams the data, except for a file to capture, which is read whole (it is small
+    /// and must be returned) and written from memory.
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: SlugPath,
+        mode: u32,
+    ) -> Result<(), SlugError> {
+        let size = entry.size();
+        let captured = self.captures.for_file(&path.rel);
+        self.out
+            .header(&path.name(), None, EntryType::Regular, mode, size)?;
+        match captured {
+            Some(captured) => {
+                let text = read_captured(entry, size, captured, &path.text)?;
+                self.out.data(text.as_bytes())?;
+                self.captures.store(captured, text);
+            }
+            None => self.out.copy_data(entry, size, &path.text)?,
+        }
+        self.uncompressed_bytes += size;
+        self.files.insert(path.rel);
+        Ok(())
+    }
+
+    /// Ends the slug, which has at least its root, and sums it up.
+    fn finish(mut self) -> Result<PackedSlug, SlugError> {
+        self.root(DEFAULT_ROOT_MODE)?;
+        self.captures.warn_unresolved();
+        let (sha256, compressed_bytes) = self.out.finish()?;
+        Ok(PackedSlug {
+            sha256,
+            compressed_bytes,
+            uncompressed_bytes: self.uncompressed_bytes,
+            entries: self.entries,
+            procfile: self.captures.procfile,
+            release: self.captures.release,
+            ignored_entries: self.ignored_entries,
+        })
+    }
+}
+
+/// Where an input entry goes in the slug.
+struct SlugPath {
+    /// Relative to the app root, without `./`: `config/Procfile.prod`.
+    rel: Vec<u8>,
+    /// `rel` as text, for `.slugignore` and messages.
+    text: String,
+}
+
+impl SlugPath {
+    fn new(components: &[&[u8]]) -> SlugPath {
+        let rel = components.join(&b'/');
+        let text = String::from_utf8_lossy(&rel).into_owned();
+        SlugPath { rel, text }
+    }
+
+    /// The entry name in the slug's tar.
+    fn name(&self) -> Vec<u8> {
+        slug_name(&self.rel)
+    }
+}
+
+/// `./` + a path relative to the app root: how every slug entry is named.
+fn slug_name(rel: &[u8]) -> Vec<u8> {
+    // Room for a directory's trailing `/` too.
+    let mut name = Vec::with_capacity(rel.len() + 3);
+    name.extend_from_slice(b"./");
+    name.extend_from_slice(rel);
+    name
+}
+
+/// The top-level Procfile and `.release`, read as they stream by.
+#[derive(Default)]
+struct Captures {
     /// Top-level Procfile/.release symlinks waiting for their target to stream by.
     pending_links: Vec<(Vec<u8>, Captured)>,
     procfile: Option<String>,
     release: Option<String>,
 }
 
-impl PackState {
+impl Captures {
+    /// Remembers where a top-level Procfile/.release symlink points, to read that file
+    /// when it comes; a target outside the app is never read.
+    fn follow_symlink(&mut self, captured: Captured, link: &SlugPath, target: &[u8]) {
+        match resolve_top_level_link(target) {
+            Some(resolved) => self.pending_links.push((resolved, captured)),
+            None => tracing::warn!(
+                path = %link.text,
+                target = %String::from_utf8_lossy(target),
+                "symlink leaves the app directory; its content is not read"
+            ),
+        }
+    }
+
+    /// What the regular file at `rel_path` is to be read as: itself, or a symlink's target.
+    fn for_file(&mut self, rel_path: &[u8]) -> Option<Captured> {
+        Captured::for_path(rel_path).or_else(|| self.take_pending(rel_path))
+    }
+
     fn take_pending(&mut self, rel_path: &[u8]) -> Option<Captured> {
         let index = self.pending_links.iter().position(|(t, _)| t == rel_path)?;
         Some(self.pending_links.swap_remove(index).1)
@@ -304,6 +422,16 @@ impl PackState {
         match captured {
             Captured::Procfile => self.procfile = Some(text),
             Captured::Release => self.release = Some(text),
+        }
+    }
+
+    fn warn_unresolved(&self) {
+        for (target, captured) in &self.pending_links {
+            tracing::warn!(
+                file = captured.label(),
+                target = %String::from_utf8_lossy(target),
+                "symlink target is not in the slug or comes before it; its content is not read"
+            );
         }
     }
 }
@@ -337,25 +465,25 @@ enum EntryKind {
     Directory,
     Symlink,
     HardLink,
-    Unsupported,
 }
 
 impl EntryKind {
-    fn of(entry_type: EntryType, raw_path: &[u8]) -> EntryKind {
+    /// `None` for what a slug cannot hold: devices, fifos and unknown types.
+    fn of(entry_type: EntryType, raw_path: &[u8]) -> Option<EntryKind> {
         if entry_type.is_dir() {
-            EntryKind::Directory
+            Some(EntryKind::Directory)
         } else if entry_type.is_file() && raw_path.ends_with(b"/") {
             // Pre-POSIX archives mark directories only by the trailing slash.
-            EntryKind::Directory
+            Some(EntryKind::Directory)
         } else if entry_type.is_file() || entry_type.is_contiguous() || entry_type.is_gnu_sparse() {
             // The tar crate expands sparse files into their full contents.
-            EntryKind::File
+            Some(EntryKind::File)
         } else if entry_type.is_symlink() {
-            EntryKind::Symlink
+            Some(EntryKind::Symlink)
         } else if entry_type.is_hard_link() {
-            EntryKind::HardLink
+            Some(EntryKind::HardLink)
         } else {
-            EntryKind::Unsupported
+            None
         }
     }
 }
