@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -37,15 +38,50 @@ pub const DISABLE_CACHE: &str = "DEIS_DISABLE_CACHE";
 /// App config: private key (base64 or plain) for private buildpacks and dependencies.
 pub const SSH_KEY: &str = "SSH_KEY";
 
-/// What the input archive gets besides source and config, owned so it can move into the
-/// blocking writer.
+/// What the input archive gets besides the source, owned so it can move into the blocking
+/// writer.
 #[derive(Debug, Default)]
 struct BuildInputs {
+    config: BTreeMap<String, String>,
     cache: Option<PathBuf>,
     buildpacks: Option<Vec<FetchedBuildpack>>,
     ssh_key: Option<String>,
     ca_bundle: Option<std::sync::Arc<[u8]>>,
     submodules: Vec<FetchedSubmodule>,
+}
+
+/// What the prepare stage hands on to the later ones.
+struct Prepared {
+    /// Removed (with everything fetched or downloaded into it) when the build ends.
+    workspace: Workspace,
+    /// What `.slugignore` leaves out of the slug.
+    ignore: SlugIgnore,
+    compile: CompileInputs,
+}
+
+/// What the compile stage consumes.
+struct CompileInputs {
+    archive: BuildInputs,
+    /// Hides config values and keys in the build's output.
+    redactor: Redactor,
+    cache: CacheUse,
+}
+
+/// The app's build cache in one build.
+enum CacheUse {
+    /// `DEIS_DISABLE_CACHE`: the stored cache was deleted and none is saved afterwards.
+    Disabled,
+    /// Saved after a successful compile; `restored` is what the build started from.
+    Enabled { restored: Option<RestoredCache> },
+}
+
+impl CacheUse {
+    fn restored(&self) -> Option<&RestoredCache> {
+        match self {
+            CacheUse::Enabled { restored } => restored.as_ref(),
+            CacheUse::Disabled => None,
+        }
+    }
 }
 
 impl Pipeline {
@@ -59,20 +95,47 @@ impl Pipeline {
         keys: &Keys,
         times: &StageTimes,
     ) -> Result<Built, BuildError> {
-        let prepare_started = std::time::Instant::now();
-        let ignore = match push
-            .source
-            .read_file(&push.commit, ".slugignore", MAX_SLUGIGNORE)
-            .await?
-        {
-            Some(text) => SlugIgnore::parse(&String::from_utf8_lossy(&text)),
-            None => SlugIgnore::empty(),
-        };
-        for warning in ignore.warnings() {
-            out.error(format!("Warning: {warning}")).await;
-        }
+        let prepare_started = Instant::now();
+        // The workspace stays bound here, so it outlives the container and the uploads.
+        let Prepared {
+            workspace,
+            ignore,
+            compile,
+        } = self.prepare(push, config, out).await?;
+        times.add(Stage::Prepare, prepare_started.elapsed());
 
-        // Removed (with everything fetched or downloaded into it) when the build ends.
+        let spec = self.container_spec(push, compile.archive.buildpacks.as_deref());
+        let container = times
+            .time(Stage::Container, self.executor.create(&spec))
+            .await?;
+        let job: &dyn Job = container.as_ref();
+        let packed = match self
+            .compile(job, push, out, times, compile, &workspace)
+            .await
+        {
+            Ok(()) => {
+                self.pack_and_store(job, ignore, keys, published, times)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        // Removed on every path; on cancellation the container's drop removes it instead.
+        if let Err(error) = times.time(Stage::Cleanup, container.remove()).await {
+            tracing::error!(%error, "cannot remove build container");
+        }
+        self.publish_process_types(&packed?, keys, published, out, times)
+            .await
+    }
+
+    /// Everything before the container: `.slugignore`, the workspace, buildpacks and
+    /// submodules fetched on the host, and the cache restored (or deleted).
+    async fn prepare(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        out: &Output,
+    ) -> Result<Prepared, BuildError> {
+        let ignore = read_slugignore(push, out).await?;
         let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
         let ssh_key = config
             .get(SSH_KEY)
@@ -84,89 +147,75 @@ impl Pipeline {
             .await?;
         let submodules =
             submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
-        let cache_enabled = !config.contains_key(DISABLE_CACHE);
-        let restored = if cache_enabled {
-            self.restore_cache(push, &workspace, out).await
-        } else {
-            if let Err(error) = cache::purge(self.store.as_ref(), &push.app).await {
-                tracing::warn!(%error, "cannot delete the build cache");
-            }
-            out.step(format!(
-                "Cache disabled by {DISABLE_CACHE}: building without one"
-            ))
-            .await;
-            None
-        };
-        times.add(Stage::Prepare, prepare_started.elapsed());
-
-        let container = times
-            .time(
-                Stage::Container,
-                self.executor
-                    .create(&self.container_spec(push, buildpacks.as_deref())),
-            )
-            .await?;
-        let job: &dyn Job = container.as_ref();
-        let inputs = BuildInputs {
-            cache: restored.as_ref().map(|r| r.path.clone()),
+        let cache = self.prepare_cache(push, config, &workspace, out).await;
+        let archive = BuildInputs {
+            config: config.clone(),
+            cache: cache.restored().map(|r| r.path.clone()),
             buildpacks,
             ssh_key,
             ca_bundle: self.stack.ca_bundle.clone(),
             submodules,
         };
-        let started = times
+        Ok(Prepared {
+            workspace,
+            ignore,
+            compile: CompileInputs {
+                archive,
+                redactor,
+                cache,
+            },
+        })
+    }
+
+    /// Runs the buildpacks: the input copied in, the driver started and followed to its
+    /// exit, and then the cache saved.
+    async fn compile(
+        &self,
+        container: &dyn Job,
+        push: &Push,
+        out: &Output,
+        times: &StageTimes,
+        inputs: CompileInputs,
+        workspace: &Workspace,
+    ) -> Result<(), BuildError> {
+        times
             .time(
                 Stage::Container,
-                Self::copy_in_and_start(job, push, config, inputs),
+                Self::copy_in_and_start(container, push, inputs.archive),
             )
-            .await;
-        let built = match started {
-            Ok(()) => {
-                times
-                    .time(Stage::Compile, self.compile(job, out, redactor))
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        let packed = match built {
-            Ok(()) => {
-                if cache_enabled {
-                    let previous = restored.as_ref().map(|r| r.sha256.as_str());
-                    times
-                        .time(
-                            Stage::Cache,
-                            self.save_cache(push, job, previous, &workspace, out),
-                        )
-                        .await;
-                }
-                self.pack_and_store(job, ignore, keys, published, times)
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        // Removed on every path; on cancellation the container's drop removes it instead.
-        if let Err(error) = times.time(Stage::Cleanup, container.remove()).await {
-            tracing::error!(%error, "cannot remove build container");
+            .await?;
+        times
+            .time(
+                Stage::Compile,
+                self.await_driver(container, out, inputs.redactor),
+            )
+            .await?;
+        if let CacheUse::Enabled { restored } = &inputs.cache {
+            let previous = restored.as_ref().map(|r| r.sha256.as_str());
+            times
+                .time(
+                    Stage::Cache,
+                    self.save_cache(push, container, previous, workspace, out),
+                )
+                .await;
         }
-        let packed = packed?;
+        Ok(())
+    }
 
-        let types = process_types(&packed)?;
+    /// Tells the developer what the slug runs and how large it is, and stores its Procfile
+    /// beside it.
+    async fn publish_process_types(
+        &self,
+        packed: &slug::PackedSlug,
+        keys: &Keys,
+        published: &Published,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<Built, BuildError> {
+        let types = process_types(packed)?;
         out.step("Discovering process types").await;
-        out.detail(describe_types(&packed, &types)).await;
-        out.step(format!(
-            "Compiled slug size is {}",
-            deis_types::units::human_size(packed.compressed_bytes)
-        ))
-        .await;
-        if packed.compressed_bytes > self.settings.slug_warn_bytes {
-            out.error(format!(
-                "Warning: the slug is {}, over the recommended {}; large slugs slow down \
-                 deploys and scaling (use .slugignore to leave files out)",
-                deis_types::units::human_size(packed.compressed_bytes),
-                deis_types::units::human_size(self.settings.slug_warn_bytes)
-            ))
-            .await;
-        }
+        out.detail(describe_types(packed, &types)).await;
+        self.report_slug_size(packed.compressed_bytes, out).await;
         let procfile = types.to_procfile();
         times
             .time(
@@ -178,6 +227,19 @@ impl Pipeline {
             artifact: Artifact::Slug(keys.slug.clone()),
             process_types: types,
         })
+    }
+
+    async fn report_slug_size(&self, compressed_bytes: u64, out: &Output) {
+        let size = deis_types::units::human_size(compressed_bytes);
+        out.step(format!("Compiled slug size is {size}")).await;
+        if compressed_bytes > self.settings.slug_warn_bytes {
+            out.error(format!(
+                "Warning: the slug is {size}, over the recommended {}; large slugs slow down \
+                 deploys and scaling (use .slugignore to leave files out)",
+                deis_types::units::human_size(self.settings.slug_warn_bytes)
+            ))
+            .await;
+        }
     }
 
     /// `BUILDPACK_URL` wins over `.buildpacks`; neither means the built-in buildpacks.
@@ -216,6 +278,28 @@ impl Pipeline {
             fetched.push(buildpack);
         }
         Ok(Some(fetched))
+    }
+
+    /// The cache to build with, or none: `DEIS_DISABLE_CACHE` deletes the stored one.
+    async fn prepare_cache(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        workspace: &Workspace,
+        out: &Output,
+    ) -> CacheUse {
+        if !config.contains_key(DISABLE_CACHE) {
+            let restored = self.restore_cache(push, workspace, out).await;
+            return CacheUse::Enabled { restored };
+        }
+        if let Err(error) = cache::purge(self.store.as_ref(), &push.app).await {
+            tracing::warn!(%error, "cannot delete the build cache");
+        }
+        out.step(format!(
+            "Cache disabled by {DISABLE_CACHE}: building without one"
+        ))
+        .await;
+        CacheUse::Disabled
     }
 
     /// The app's cache, verified, or nothing (first build, or an unreadable cache).
@@ -325,11 +409,9 @@ impl Pipeline {
     async fn copy_in_and_start(
         container: &dyn Job,
         push: &Push,
-        config: &BTreeMap<String, String>,
         inputs: BuildInputs,
     ) -> Result<(), BuildError> {
         let source = push.source.archive(&push.commit)?;
-        let config = config.clone();
         container
             .upload(blocking_writer(source, move |source, w| {
                 let extras = input::Extras {
@@ -339,7 +421,7 @@ impl Pipeline {
                     ca_bundle: inputs.ca_bundle.as_deref(),
                     submodules: &inputs.submodules,
                 };
-                input::write(source, &config, &extras, w)
+                input::write(source, &inputs.config, &extras, w)
             }))
             .await?;
         container.start().await?;
@@ -347,7 +429,7 @@ impl Pipeline {
     }
 
     /// Streams the driver's output live (secrets redacted) and waits for it to exit.
-    async fn compile(
+    async fn await_driver(
         &self,
         container: &dyn Job,
         out: &Output,
@@ -393,27 +475,8 @@ impl Pipeline {
         published: &Published,
         times: &StageTimes,
     ) -> Result<slug::PackedSlug, BuildError> {
-        let pack_started = std::time::Instant::now();
-        let download: ByteStream = container.download("/app");
-        let app_tree = SyncIoBridge::new(StreamReader::new(download));
-        let (mut writer, slug_stream) = deis_types::pipe::pipe(8);
-        let packer = tokio::task::spawn_blocking(move || {
-            let options = PackOptions {
-                strip_prefix: "app/",
-                ignore: &ignore,
-            };
-            let packed = match slug::pack(app_tree, &mut writer, &options) {
-                Ok(packed) => writer
-                    .finish()
-                    .map(|()| packed)
-                    .map_err(slug::SlugError::Io),
-                Err(error) => {
-                    writer.fail(io::Error::other(error.to_string()));
-                    Err(error)
-                }
-            };
-            (packed, std::time::Instant::now())
-        });
+        let pack_started = Instant::now();
+        let (packer, slug_stream) = spawn_packer(container.download("/app"), ignore);
         let body = SizeLimit {
             inner: StreamReader::new(slug_stream),
             read: 0,
@@ -457,6 +520,22 @@ impl Pipeline {
     }
 }
 
+/// What `.slugignore` leaves out of the slug; its warnings go to the developer.
+async fn read_slugignore(push: &Push, out: &Output) -> Result<SlugIgnore, BuildError> {
+    let ignore = match push
+        .source
+        .read_file(&push.commit, ".slugignore", MAX_SLUGIGNORE)
+        .await?
+    {
+        Some(text) => SlugIgnore::parse(&String::from_utf8_lossy(&text)),
+        None => SlugIgnore::empty(),
+    };
+    for warning in ignore.warnings() {
+        out.error(format!("Warning: {warning}")).await;
+    }
+    Ok(ignore)
+}
+
 fn describe_fetched(url: &BuildpackUrl, fetched: &FetchedBuildpack) -> String {
     match url.kind {
         UrlKind::Git => {
@@ -465,6 +544,34 @@ fn describe_fetched(url: &BuildpackUrl, fetched: &FetchedBuildpack) -> String {
         }
         UrlKind::Tarball => url.to_string(),
     }
+}
+
+/// The packer's result, and when it wrote its last byte (where `Stage::Pack` ends).
+type Packer = tokio::task::JoinHandle<(Result<slug::PackedSlug, slug::SlugError>, Instant)>;
+
+/// Packs the downloaded `/app` tree into a slug on a blocking thread; the slug streams out
+/// of the returned pipe as it is written.
+fn spawn_packer(app_tree: ByteStream, ignore: SlugIgnore) -> (Packer, ByteStream) {
+    let app_tree = SyncIoBridge::new(StreamReader::new(app_tree));
+    let (mut writer, slug_stream) = deis_types::pipe::pipe(8);
+    let packer = tokio::task::spawn_blocking(move || {
+        let options = PackOptions {
+            strip_prefix: "app/",
+            ignore: &ignore,
+        };
+        let packed = match slug::pack(app_tree, &mut writer, &options) {
+            Ok(packed) => writer
+                .finish()
+                .map(|()| packed)
+                .map_err(slug::SlugError::Io),
+            Err(error) => {
+                writer.fail(io::Error::other(error.to_string()));
+                Err(error)
+            }
+        };
+        (packed, Instant::now())
+    });
+    (packer, slug_stream)
 }
 
 /// Fails the read once more than `limit` bytes went through, so storage aborts the upload.

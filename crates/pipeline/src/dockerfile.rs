@@ -35,6 +35,8 @@ struct BuildContext {
 }
 
 impl Pipeline {
+    /// Builds the image from the pushed tree and pushes it to the registry, if any: the
+    /// release names the image.
     pub(super) async fn dockerfile_build(
         &self,
         push: &Push,
@@ -49,6 +51,7 @@ impl Pipeline {
             times.time(Stage::Context, self.build_context(push, config, out)),
             times.time(Stage::Tag, self.image_tag(push, &repository)),
         );
+        // Bound for the whole build: it holds the workspace the archive reads from.
         let context = context?;
         let reference = format!("{repository}:{tag}");
         let spec = ImageBuild {
@@ -64,7 +67,29 @@ impl Pipeline {
             reference: reference.clone(),
             registry: None,
         });
-        out.step(format!("Building Docker image {reference}")).await;
+        self.build_image(push, config, context.archive, &spec, out, times)
+            .await?;
+        self.push_to_registry(push, &repository, &tag, published, out, times)
+            .await?;
+        show_process_types(&context.process_types, out).await;
+        Ok(Built {
+            artifact: Artifact::Image(reference),
+            process_types: context.process_types,
+        })
+    }
+
+    /// The engine builds `spec` from the context, its output shown with secrets hidden.
+    async fn build_image(
+        &self,
+        push: &Push,
+        config: &BTreeMap<String, String>,
+        archive: deis_types::pipe::ByteStream,
+        spec: &ImageBuild,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<(), BuildError> {
+        out.step(format!("Building Docker image {}", spec.tag))
+            .await;
         let timeout = self.settings.timeout;
         let built = times
             .time(
@@ -72,7 +97,7 @@ impl Pipeline {
                 tokio::time::timeout(
                     timeout,
                     relay_redacted(
-                        self.images.build(context.archive, &spec),
+                        self.images.build(archive, spec),
                         out,
                         Redactor::for_build(config, None, &self.own_secrets()),
                     ),
@@ -83,54 +108,51 @@ impl Pipeline {
         if let Err(error) = built {
             return Err(self.explain_failed_build(push, error).await);
         }
-        if let Some(registry) = &self.settings.registry {
-            out.step(format!("Pushing {reference}")).await;
-            let auth = registry_auth(registry);
-            // Recorded before the push: a push that fails half-way may still have put the
-            // manifest (the last step), and rolling back an absent tag is a no-op.
-            published.image(PublishedImage {
-                reference: reference.clone(),
-                registry: Some(RegistryTag {
-                    host: registry.host.clone(),
-                    auth: auth.clone(),
-                    name: push.app.to_string(),
-                    tag: tag.clone(),
-                }),
-            });
-            let pushed = match times
-                .time(
-                    Stage::Push,
-                    tokio::time::timeout(
-                        timeout,
-                        relay(
-                            self.images.push(&repository, &tag, auth.as_ref()),
-                            out,
-                            true,
-                        ),
-                    ),
-                )
-                .await
-            {
-                Ok(pushed) => pushed.map_err(BuildError::from),
-                Err(_) => Err(BuildError::Timeout(timeout)),
-            };
-            // On error the local tag (and a registry tag, should one exist) is rolled back.
-            pushed?;
-        }
+        Ok(())
+    }
 
-        let process_types = context.process_types;
-        if !process_types.is_empty() {
-            out.step("Discovering process types").await;
-            out.detail(format!(
-                "Procfile declares types -> {}",
-                process_types.names().join(", ")
-            ))
-            .await;
+    /// Pushes `repository:tag` to the registry; without one the image stays in the local
+    /// engine. On error the local tag (and a registry tag, should one exist) is rolled back.
+    async fn push_to_registry(
+        &self,
+        push: &Push,
+        repository: &str,
+        tag: &str,
+        published: &Published,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<(), BuildError> {
+        let Some(registry) = &self.settings.registry else {
+            return Ok(());
+        };
+        let reference = format!("{repository}:{tag}");
+        out.step(format!("Pushing {reference}")).await;
+        let auth = registry_auth(registry);
+        // Recorded before the push: a push that fails half-way may still have put the
+        // manifest (the last step), and rolling back an absent tag is a no-op.
+        published.image(PublishedImage {
+            reference,
+            registry: Some(RegistryTag {
+                host: registry.host.clone(),
+                auth: auth.clone(),
+                name: push.app.to_string(),
+                tag: tag.to_owned(),
+            }),
+        });
+        let timeout = self.settings.timeout;
+        match times
+            .time(
+                Stage::Push,
+                tokio::time::timeout(
+                    timeout,
+                    relay(self.images.push(repository, tag, auth.as_ref()), out, true),
+                ),
+            )
+            .await
+        {
+            Ok(pushed) => Ok(pushed?),
+            Err(_) => Err(BuildError::Timeout(timeout)),
         }
-        Ok(Built {
-            artifact: Artifact::Image(reference),
-            process_types,
-        })
     }
 
     /// Everything the engine gets besides the Dockerfile's own work: the context (the
@@ -296,6 +318,18 @@ pub(super) fn registry_auth(registry: &RegistrySettings) -> Option<RegistryAuth>
             password: password.expose().to_owned(),
         }),
         _ => None,
+    }
+}
+
+/// Shows the process types the Procfile declares, if any.
+async fn show_process_types(process_types: &ProcessTypes, out: &Output) {
+    if !process_types.is_empty() {
+        out.step("Discovering process types").await;
+        out.detail(format!(
+            "Procfile declares types -> {}",
+            process_types.names().join(", ")
+        ))
+        .await;
     }
 }
 

@@ -40,6 +40,16 @@ struct Staged {
     hex: String,
 }
 
+/// The app's tag of an imported image.
+struct Tagged {
+    repository: String,
+    tag: String,
+    /// `repository:tag`.
+    reference: String,
+    /// Whether the registry had the tag before this import (unknown counts as yes).
+    in_registry: bool,
+}
+
 impl Pipeline {
     /// Imports `request`'s image. Until the release is asked for, `cancel` stops it (with
     /// [`BuildError::Cancelled`]), as does `--build-timeout`; either way everything it
@@ -96,6 +106,27 @@ impl Pipeline {
         out: &Output,
         times: &StageTimes,
     ) -> Result<Staged, BuildError> {
+        let pulled = self.pull_import(request, out, times).await?;
+        let id = self.images.image_id(&pulled).await?;
+        let hex = id.trim_start_matches("sha256:");
+        let tagged = self
+            .tag_import(&request.app, &pulled, hex, published, times)
+            .await?;
+        self.push_import(&request.app, &tagged, published, out, times)
+            .await?;
+        Ok(Staged {
+            reference: tagged.reference,
+            hex: hex.to_owned(),
+        })
+    }
+
+    /// Pulls the image from its registry; returns its name in the local engine.
+    async fn pull_import(
+        &self,
+        request: &ImportRequest,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<String, BuildError> {
         let image = &request.image;
         out.step(format!("Pulling {image}")).await;
         let source_auth = request
@@ -112,78 +143,102 @@ impl Pipeline {
                 relay(self.images.pull(image, source_auth.as_ref()), out, true),
             )
             .await?;
-        let pulled = match &image.digest {
+        Ok(match &image.digest {
             Some(digest) => format!("{}@{digest}", image.repository),
             None => format!("{}:{}", image.repository, image.pull_tag()),
-        };
-        let id = self.images.image_id(&pulled).await?;
-        let hex = id.trim_start_matches("sha256:");
+        })
+    }
+
+    /// Tags the pulled image (content id `hex`) into the app's repository, unless the tag
+    /// is there already, and finds out whether the registry has it.
+    async fn tag_import(
+        &self,
+        app: &AppName,
+        pulled: &str,
+        hex: &str,
+        published: &Published,
+        times: &StageTimes,
+    ) -> Result<Tagged, BuildError> {
         // Deterministic: the same image imported twice gets the same tag.
         let tag = format!("import-{}", hex.get(..12).unwrap_or(hex));
-        let repository = image_repository(self.settings.registry.as_ref(), request.app.as_str());
+        let repository = image_repository(self.settings.registry.as_ref(), app.as_str());
         let reference = format!("{repository}:{tag}");
         // The same image always gets the same tag, so an existing tag already names exactly
         // this image; only tags this import creates are removed if it fails.
         let tag_started = std::time::Instant::now();
-        let registry = self
-            .settings
-            .registry
-            .as_ref()
-            .map(|registry| (registry, registry_auth(registry)));
         // Both existence checks at once: one round trip's time.
-        let (local, in_registry) = tokio::join!(self.images.image_id(&reference), async {
-            match &registry {
-                None => None,
-                Some((_, auth)) => Some(
-                    self.images
-                        .registry_digest(&repository, &tag, auth.as_ref())
-                        .await
-                        .map(|digest| digest.is_some())
-                        // Unknown: treat as existing, so a rollback never deletes what it
-                        // did not make.
-                        .unwrap_or(true),
-                ),
-            }
-        });
+        let (local, in_registry) = tokio::join!(
+            self.images.image_id(&reference),
+            self.registry_has(&repository, &tag)
+        );
         if local.is_err() {
             // Recorded first: removing a tag that was never made is a no-op.
             published.image(PublishedImage {
                 reference: reference.clone(),
                 registry: None,
             });
-            self.images.tag(&pulled, &repository, &tag).await?;
+            self.images.tag(pulled, &repository, &tag).await?;
         }
         times.add(Stage::Tag, tag_started.elapsed());
-        if let Some((registry, auth)) = registry {
-            let existed = in_registry.unwrap_or(true);
-            if !existed {
-                // Before the push: one stopped half-way may still have put the manifest.
-                published.image(PublishedImage {
-                    reference: reference.clone(),
-                    registry: Some(RegistryTag {
-                        host: registry.host.clone(),
-                        auth: auth.clone(),
-                        name: request.app.to_string(),
-                        tag: tag.clone(),
-                    }),
-                });
-            }
-            out.step(format!("Pushing {reference}")).await;
-            times
-                .time(
-                    Stage::Push,
-                    relay(
-                        self.images.push(&repository, &tag, auth.as_ref()),
-                        out,
-                        true,
-                    ),
-                )
-                .await?;
-        }
-        Ok(Staged {
+        Ok(Tagged {
+            repository,
+            tag,
             reference,
-            hex: hex.to_owned(),
+            in_registry,
         })
+    }
+
+    /// Whether the registry, if there is one, has `repository:tag`.
+    async fn registry_has(&self, repository: &str, tag: &str) -> bool {
+        let Some(registry) = &self.settings.registry else {
+            return false;
+        };
+        self.images
+            .registry_digest(repository, tag, registry_auth(registry).as_ref())
+            .await
+            .map(|digest| digest.is_some())
+            // Unknown: treat as existing, so a rollback never deletes what it did not make.
+            .unwrap_or(true)
+    }
+
+    /// Pushes the tagged image to the registry; without one it stays in the local engine.
+    async fn push_import(
+        &self,
+        app: &AppName,
+        tagged: &Tagged,
+        published: &Published,
+        out: &Output,
+        times: &StageTimes,
+    ) -> Result<(), BuildError> {
+        let Some(registry) = &self.settings.registry else {
+            return Ok(());
+        };
+        let auth = registry_auth(registry);
+        if !tagged.in_registry {
+            // Before the push: one stopped half-way may still have put the manifest.
+            published.image(PublishedImage {
+                reference: tagged.reference.clone(),
+                registry: Some(RegistryTag {
+                    host: registry.host.clone(),
+                    auth: auth.clone(),
+                    name: app.to_string(),
+                    tag: tagged.tag.clone(),
+                }),
+            });
+        }
+        out.step(format!("Pushing {}", tagged.reference)).await;
+        times
+            .time(
+                Stage::Push,
+                relay(
+                    self.images
+                        .push(&tagged.repository, &tagged.tag, auth.as_ref()),
+                    out,
+                    true,
+                ),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn release_import(
