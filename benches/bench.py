@@ -643,6 +643,127 @@ def bench_dockerfile(ctx: Context, runs: int) -> Figure:
     return fig
 
 
+def stage_split(events: list) -> str:
+    """Median of each `*_ms` field of `deployed` events, in the events' order."""
+    if not events:
+        return "-"
+    names = [key for key in events[0] if key.endswith("_ms")]
+    return ", ".join(f"{name[:-3]} {statistics.median(e.get(name, 0) for e in events):.0f}"
+                     for name in names)
+
+
+def bench_small_push(ctx: Context, runs: int) -> Figure:
+    """#8. The small app of #4 on S3, a new commit per push, against two builders run side
+    by side: build files shared with the local engine (`--build-files auto`, the default)
+    and copied through the engine's API (`copy`, what every build did before)."""
+    app_dir = small_app(ctx, ctx.work / "small-push-app")
+    modes = ("auto", "copy")
+    builders = {mode: Builder(ctx, f"small-{mode}", s3=True, extra=["--build-files", mode])
+                for mode in modes}
+    times = {mode: [] for mode in modes}
+    try:
+        for run in range(runs + 1):
+            for mode in modes:
+                builder = builders[mode]
+                new_commit(ctx, app_dir, f"{mode} {run}")
+                ok, seconds, output = ctx.push(app_dir, builder.remote("small"), "master",
+                                               builder.ssh_port, 300)
+                if not ok or "deployed" not in output:
+                    raise RuntimeError(f"small push failed ({mode}):\n{output}\n{builder.log_tail()}")
+                if run:
+                    times[mode].append(seconds)
+            if run:
+                log(f"#8 run {run}: shared {times['auto'][-1]:.3f}s, copied {times['copy'][-1]:.3f}s")
+        events = {mode: builders[mode].deployed_events()[1:] for mode in modes}
+    finally:
+        for builder in builders.values():
+            builder.stop()
+    builder_part = {mode: statistics.median(e.get("elapsed_ms", 0) for e in events[mode]) / 1000
+                    for mode in modes}
+    fig = Figure("8", "small push (S3): client-side `git push`, files shared", "s", times["auto"],
+                 times["copy"], "files copied (`--build-files copy`)",
+                 target="median ≤ 0.25 s, builder's part ≤ 0.15 s")
+    fig.met = statistics.median(times["auto"]) <= 0.25 and builder_part["auto"] <= 0.15
+    for mode in modes:
+        fig.notes.append(f"{'shared' if mode == 'auto' else 'copied'}: builder's part (median "
+                         f"`elapsed`) {builder_part[mode]:.3f} s; stages, ms: {stage_split(events[mode])}")
+    return fig
+
+
+def bench_beyond_receive(ctx: Context, runs: int) -> Figure:
+    """#9. An 80 MB app (40 MB random data, 40 MB text, a Procfile), pushed fresh each run.
+    Ours: the builder's work beyond a plain receive, i.e. the client's `git push` to the
+    builder minus its push to sshd + git-receive-pack of the same repo. Baseline: the old
+    pipeline's own steps on the same tree, `tar -cz | aws s3 cp -` to the same S3 server.
+    All interleaved; the copy mode runs beside for the before figure."""
+    size = ctx.args.beyond_mb * MIB
+    log(f"#9: generating a {ctx.args.beyond_mb} MB app")
+    repo = ctx.work / "repo-beyond"
+    rng = random.Random(9)
+    write_random_files(repo / "data", rng, size // 2, 2 * MIB, "blob")
+    write_text_files(repo / "src", rng, size - size // 2, 256 * 1024)
+    (repo / "Procfile").write_text("web: true\n")
+    commit_all(ctx, repo, "beyond")
+    ctx.git(repo, "repack", "-a", "-d", "-q")
+    tree = ctx.work / "tree-beyond"
+    shutil.copytree(repo, tree, ignore=shutil.ignore_patterns(".git"))
+    bucket = f"bench-beyond-{random.randrange(16**8):08x}"
+    aws = ["aws", "--endpoint-url", ctx.args.s3_endpoint, "s3"]
+    subprocess.run(aws + ["mb", f"s3://{bucket}"], check=True, stdout=subprocess.DEVNULL)
+    sshd = Sshd(ctx)
+    modes = ("auto", "copy")
+    extra = ["--slug-max-size", "2g", "--slug-warn-size", "2g"]
+    builders = {mode: Builder(ctx, f"beyond-{mode}", s3=True, extra=extra + ["--build-files", mode])
+                for mode in modes}
+    beyond = {mode: [] for mode in modes}
+    baseline, events = [], {mode: [] for mode in modes}
+    try:
+        for run in range(runs + 1):
+            bare = ctx.work / "bare-beyond" / f"r{run}.git"
+            subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True, env=ctx.git_env)
+            ok, receive_s, output = ctx.push(repo, f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{bare}",
+                                             "HEAD:refs/heads/master", sshd.port, 600)
+            if not ok:
+                raise RuntimeError(f"baseline receive failed:\n{output}")
+            shutil.rmtree(bare, ignore_errors=True)
+            pushed = {}
+            for mode in modes:
+                builder = builders[mode]
+                ok, seconds, output = ctx.push(repo, builder.remote(f"beyond{run}"), "master",
+                                               builder.ssh_port, 600)
+                if not ok or "deployed" not in output:
+                    raise RuntimeError(f"push failed ({mode}):\n{output}\n{builder.log_tail()}")
+                pushed[mode] = seconds
+            started = time.perf_counter()
+            subprocess.run(f"tar -cz -C {shlex.quote(str(tree))} . | "
+                           f"{' '.join(map(shlex.quote, aws))} cp - s3://{bucket}/run{run}.tgz",
+                           shell=True, check=True, stdout=subprocess.DEVNULL)
+            old = time.perf_counter() - started
+            if run == 0:
+                continue  # warm-up
+            for mode in modes:
+                beyond[mode].append(pushed[mode] - receive_s)
+            baseline.append(old)
+            log(f"#9 run {run}: receive {receive_s:.2f}s; beyond it: shared {beyond['auto'][-1]:.2f}s, "
+                f"copied {beyond['copy'][-1]:.2f}s; tar -cz + aws s3 cp {old:.2f}s")
+        for mode in modes:
+            events[mode] = builders[mode].deployed_events()[1:]
+    finally:
+        for builder in builders.values():
+            builder.stop()
+        sshd.stop()
+        delete_bucket(ctx, bucket)
+    fig = Figure("9", f"{ctx.args.beyond_mb} MB app: builder work beyond a plain receive, files shared",
+                 "s", beyond["auto"], baseline, "tar -cz + aws s3 cp", target="≤ 0.4× baseline")
+    fig.met = fig.ratio() <= 0.4
+    copied = statistics.median(beyond["copy"]) / statistics.median(baseline)
+    fig.notes.append(f"files copied (`--build-files copy`): {spread(beyond['copy'], 's')}, "
+                     f"{copied:.2f}× baseline")
+    for mode in modes:
+        fig.notes.append(f"{'shared' if mode == 'auto' else 'copied'}: stages, ms: {stage_split(events[mode])}")
+    return fig
+
+
 def external_results(path: Path) -> list:
     """Figures #2 and #3 from the lines `cargo bench --bench pack|upload` print:
     `bench pack ours_min_s=.. ours_median_s=.. ours_max_s=.. base_min_s=.. ... ratio=..`."""
@@ -702,7 +823,7 @@ def main() -> int:
     parser.add_argument("--exe", required=True, help="the deis-builder binary (release build)")
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller #6 (256 MB)")
     parser.add_argument("--runs", type=int, help="runs per timed figure (default 5, quick 3)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated figure numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="comma-separated figure numbers")
     parser.add_argument("--registry", help="registry host:port for #7 (skipped without)")
     parser.add_argument("--s3-endpoint", help="S3 server for #4 (S3), #5 and #6; local storage without")
     parser.add_argument("--s3-python", help="a python with boto3, to delete benchmark buckets")
@@ -714,6 +835,7 @@ def main() -> int:
     parser.add_argument("--receive-mb", type=int, default=100)
     parser.add_argument("--big-mb", type=int)
     parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--beyond-mb", type=int, default=80, help="app size of #9")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     runs = args.runs or (3 if args.quick else 5)
@@ -772,6 +894,16 @@ def main() -> int:
                 print_figure(fig)
         if "7" in only and args.registry:
             fig = attempt("#7", lambda: bench_dockerfile(ctx, max(runs, 4)))
+            if fig:
+                figures.append(fig)
+                print_figure(fig)
+        if "8" in only and s3:
+            fig = attempt("#8", lambda: bench_small_push(ctx, max(runs, 5) * 2))
+            if fig:
+                figures.append(fig)
+                print_figure(fig)
+        if "9" in only and s3:
+            fig = attempt("#9", lambda: bench_beyond_receive(ctx, runs))
             if fig:
                 figures.append(fig)
                 print_figure(fig)

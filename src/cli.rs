@@ -170,6 +170,12 @@ pub struct ServeArgs {
     #[arg(long, env = "DEIS_BUILDER_BUILD_NETWORK", default_value = "bridge")]
     pub build_network: String,
 
+    /// How build files reach the build container: `auto` shares `/app` and the cache
+    /// with a local engine through bind mounts (checked at start-up; a remote engine
+    /// falls back to copying), `copy` always moves them through the engine's API.
+    #[arg(long, env = "DEIS_BUILDER_BUILD_FILES", default_value = "auto")]
+    pub build_files: String,
+
     /// PEM file of CA certificates every build trusts besides the stack's own (a
     /// corporate proxy's CA).
     #[arg(long, env = "DEIS_BUILDER_BUILD_CA_FILE")]

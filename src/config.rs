@@ -207,6 +207,16 @@ fn build_settings(
         stack_image: non_empty("--stack-image", args.stack_image.clone())?,
         registry,
         network: non_empty("--build-network", args.build_network.clone())?,
+        share_files: match args.build_files.trim() {
+            "auto" => true,
+            "copy" => false,
+            other => {
+                return Err(invalid(
+                    "--build-files",
+                    format!("{other:?} is neither `auto` nor `copy`"),
+                ))
+            }
+        },
         memory_bytes: parse_memory("--build-memory", &args.build_memory)?,
         pids_limit: parse_number("--build-pids", &args.build_pids, 16)?,
         timeout: parse_duration("--build-timeout", &args.build_timeout)?,
@@ -800,6 +810,7 @@ mod tests {
                 "--buildpack-fetch-timeout",
             ),
             (&["--buildpack-max-size", "0"][..], "--buildpack-max-size"),
+            (&["--build-files", "mount"][..], "--build-files"),
         ] {
             let err = settings(args, &[]).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");

@@ -18,7 +18,7 @@ use deis_executor::Engine;
 use deis_frontdoor::admission::{Admission, Shutdown};
 use deis_frontdoor::git::{GitServer, PushLimits};
 use deis_frontdoor::ssh::SshServer;
-use deis_pipeline::{ImportRequest, Pipeline, Stack};
+use deis_pipeline::{ImportRequest, Pipeline, Stack, BUILD_UID};
 use deis_slug::ProcessTypes;
 use deis_storage::{LocalStore, ObjectStore, S3Settings, S3Store};
 use deis_types::names::{AppName, ImageRef};
@@ -33,6 +33,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("stack")?;
     sweep_leftovers(&settings, &data_dir, &engine).await?;
+    let build = &settings.build;
+    let engine = if build.share_files {
+        engine
+            .share_files_if_possible(&build.work_dir, &build.stack_image, BUILD_UID as u32)
+            .await
+    } else {
+        engine
+    };
     let default_key = settings.host_keys == [settings.data_dir.join("ssh_host_ed25519_key")];
     let host_keys = deis_frontdoor::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
     let listeners = Listeners::bind(&settings, &data_dir).await?;

@@ -693,3 +693,78 @@ fn a_branch_named_like_the_requested_commit_is_refused() {
     assert!(!pushed.output.contains("impostor"), "{}", pushed.output);
     assert!(builder.releases(&name).is_empty());
 }
+
+/// A hostile build plants symlinks to the builder's host in `/app` and in its cache. With
+/// files shared with a local engine (`auto`) as with copies (`copy`), the builder archives
+/// them as symlinks and never reads or writes through them: the slug holds links, not the
+/// host file, and restoring the cache on the next push writes nothing outside.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn planted_symlinks_never_lead_the_builder_outside_the_build() {
+    require_services!();
+    let server = StaticServer::start();
+    server.publish_buildpack_repo("planted", "planted-links");
+    let host = tempfile::tempdir().unwrap();
+    let secret = format!("host-secret-{}", unique("s"));
+    let target = host.path().join("secret.txt");
+    std::fs::write(&target, &secret).unwrap();
+    let outside = host.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    for mode in ["auto", "copy"] {
+        let (builder, key) = Builder::with_developer_and(BuilderOptions {
+            extra_args: vec!["--build-files".into(), mode.into()],
+            ..BuilderOptions::default()
+        });
+        let app = App::from_fixture("static-site");
+        let name = unique("planted");
+        set_app_config(
+            &builder,
+            &name,
+            &[
+                ("BUILDPACK_URL", &server.url("planted.git")),
+                ("PLANT_TARGET", target.to_str().unwrap()),
+                ("PLANT_OUTSIDE", outside.to_str().unwrap()),
+            ],
+        );
+        app.push(&builder, &name, &key)
+            .assert_ok()
+            .assert_says("remote: -----> planted");
+        // The second push restores the cache with its links, then plants them again.
+        app.commit_file("again.txt", "again\n");
+        app.push(&builder, &name, &key)
+            .assert_ok()
+            .assert_says("remote: -----> the cache came back with its links");
+
+        let sha8 = &app.head()[..8];
+        let slug = builder.storage_path(&format!("home/{name}:git-{sha8}/push/slug.tgz"));
+        let listing = Command::new("tar")
+            .arg("-tvzf")
+            .arg(&slug)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        for link in ["./leak-file", "./leak-root", "./out"] {
+            assert!(
+                listing
+                    .lines()
+                    .any(|line| line.starts_with('l') && line.contains(link)),
+                "{mode}: {link} is not a symlink in the slug:\n{listing}"
+            );
+        }
+        let contents = Command::new("tar")
+            .arg("-xzOf")
+            .arg(&slug)
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&contents.stdout).contains(&secret),
+            "{mode}: the host file's content reached the slug"
+        );
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{mode}: the builder wrote outside the build"
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), secret);
+    }
+}

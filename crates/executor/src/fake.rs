@@ -625,6 +625,7 @@ mod tests {
             pids_limit: 0,
             app: "web".into(),
             push_id: "p1".into(),
+            files_dir: None,
         };
         let job = executor.create(&spec).await.unwrap();
         let mut input = tar::Builder::new(Vec::new());

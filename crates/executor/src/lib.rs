@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub mod fake;
 mod images;
 mod registry;
+pub mod shared;
 
 pub use images::{ImageBuild, Images, LineStream, RegistryAuth};
 pub use registry::{RegistryApi, RegistryTag, TagRemoval};
@@ -34,6 +36,9 @@ use deis_types::pipe::ByteStream;
 pub const LABEL_INSTANCE: &str = "io.deis.builder.instance";
 pub const LABEL_APP: &str = "io.deis.builder.app";
 pub const LABEL_PUSH: &str = "io.deis.builder.push";
+
+/// Where a build's cache lives in its container (CACHE_DIR).
+pub const CACHE_DIR: &str = "/build/cache";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -71,6 +76,9 @@ fn api(action: &'static str) -> impl Fn(bollard::errors::Error) -> EngineError {
 pub struct Engine {
     docker: Docker,
     instance: String,
+    /// Whether build containers share `/app` and CACHE_DIR with the builder's own
+    /// filesystem (a local engine; see [`shared`]).
+    share_files: bool,
 }
 
 /// What a buildpack build container looks like.
@@ -85,6 +93,9 @@ pub struct BuildContainerSpec {
     pub pids_limit: i64,
     pub app: String,
     pub push_id: String,
+    /// A directory of the push's workspace where the executor may keep the container's
+    /// `/app` and CACHE_DIR, when it shares files with the builder.
+    pub files_dir: Option<std::path::PathBuf>,
 }
 
 /// A build container's output (stdout and stderr interleaved), as it is written.
@@ -128,6 +139,12 @@ pub trait Job: Send + Sync + std::fmt::Debug {
 
     /// Kills and removes the container.
     async fn remove(self: Box<Self>) -> Result<(), EngineError>;
+
+    /// Whether the build certainly left `path` as the upload made it, so archiving it
+    /// again can be skipped. `false` when the executor cannot tell cheaply.
+    fn unchanged_since_upload(&self, _path: &str) -> bool {
+        false
+    }
 }
 
 impl Engine {
@@ -143,7 +160,108 @@ impl Engine {
             .negotiate_version()
             .await
             .map_err(|e| EngineError::Connect(e.to_string()))?;
-        Ok(Engine { docker, instance })
+        Ok(Engine {
+            docker,
+            instance,
+            share_files: false,
+        })
+    }
+
+    /// Turns on shared build files (see [`shared`]) when a probe container from `image`,
+    /// running as `uid`, can write a bind-mounted directory of `work_dir` and the file
+    /// arrives here with that owner: the engine runs on this machine, without uid
+    /// remapping. Otherwise builds copy their files through the engine's archive API.
+    pub async fn share_files_if_possible(
+        mut self,
+        work_dir: &Path,
+        image: &str,
+        uid: u32,
+    ) -> Engine {
+        match self.probe_shared_files(work_dir, image, uid).await {
+            Ok(()) => {
+                tracing::info!("build files are shared with the engine (local engine)");
+                self.share_files = true;
+            }
+            Err(reason) => {
+                tracing::info!(%reason, "build files are copied through the engine");
+            }
+        }
+        self
+    }
+
+    async fn probe_shared_files(
+        &self,
+        work_dir: &Path,
+        image: &str,
+        uid: u32,
+    ) -> Result<(), String> {
+        let dir = work_dir.join(format!("share-probe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let result = self.run_share_probe(&dir, image, uid).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    async fn run_share_probe(&self, dir: &Path, image: &str, uid: u32) -> Result<(), String> {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(uid))
+            .map_err(|e| format!("cannot hand a directory to uid {uid}: {e}"))?;
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo shared > /probe/probe".into(),
+            ]),
+            user: Some(format!("{uid}:{uid}")),
+            labels: Some(HashMap::from([(
+                LABEL_INSTANCE.to_owned(),
+                self.instance.clone(),
+            )])),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".to_owned()),
+                binds: Some(vec![format!("{}:/probe", dir.display())]),
+                cap_drop: Some(vec!["ALL".to_owned()]),
+                security_opt: Some(vec!["no-new-privileges".to_owned()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(None, body)
+            .await
+            .map_err(|e| format!("cannot create a probe container: {e}"))?;
+        let container = Box::new(BuildContainer {
+            docker: self.docker.clone(),
+            id: created.id,
+            removed: false,
+            shared: None,
+            uploaded_cache: Default::default(),
+        });
+        let ran = async {
+            container.start().await?;
+            container.wait().await
+        };
+        let code = tokio::time::timeout(Duration::from_secs(60), ran).await;
+        let _ = container.remove().await;
+        match code {
+            Ok(Ok(0)) => {}
+            Ok(Ok(code)) => return Err(format!("the probe container exited with status {code}")),
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("the probe container did not finish in 60s".into()),
+        }
+        let probe = dir.join("probe");
+        let written =
+            std::fs::read(&probe).map_err(|_| "the probe's file is not here".to_owned())?;
+        let owner =
+            std::fs::symlink_metadata(&probe).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if written != b"shared\n" || owner.ok() != Some(uid) {
+            return Err("the probe's file arrived changed or with another owner".into());
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), EngineError> {
@@ -206,6 +324,8 @@ impl Engine {
             docker: self.docker.clone(),
             id: created.id,
             removed: false,
+            shared: None,
+            uploaded_cache: Default::default(),
         };
         let archive: Result<Vec<Bytes>, io::Error> = container.download(path).try_collect().await;
         Box::new(container).remove().await?;
@@ -308,6 +428,18 @@ impl Engine {
 #[async_trait::async_trait]
 impl Executor for Engine {
     async fn create(&self, spec: &BuildContainerSpec) -> Result<Box<dyn Job>, EngineError> {
+        // The build user owns the shared directories; a user given by name cannot be
+        // resolved here, so such a build copies its files instead.
+        let build_uid = spec.user.split(':').next().and_then(|uid| uid.parse().ok());
+        let shared = match (&spec.files_dir, build_uid, self.share_files) {
+            (Some(dir), Some(uid), true) => Some(shared::SharedDirs::create(dir, uid).map_err(
+                |e| EngineError::Api {
+                    action: "preparing the build's shared directories",
+                    message: e.to_string(),
+                },
+            )?),
+            _ => None,
+        };
         let labels = HashMap::from([
             (LABEL_INSTANCE.to_owned(), self.instance.clone()),
             (LABEL_APP.to_owned(), spec.app.clone()),
@@ -332,6 +464,7 @@ impl Executor for Engine {
                 cap_drop: Some(vec!["ALL".to_owned()]),
                 security_opt: Some(vec!["no-new-privileges".to_owned()]),
                 init: Some(true),
+                binds: shared.as_ref().map(shared::SharedDirs::binds),
                 ..Default::default()
             }),
             ..Default::default()
@@ -345,6 +478,8 @@ impl Executor for Engine {
             docker: self.docker.clone(),
             id: created.id,
             removed: false,
+            shared,
+            uploaded_cache: Default::default(),
         }))
     }
 
@@ -375,6 +510,10 @@ pub struct BuildContainer {
     docker: Docker,
     id: String,
     removed: bool,
+    /// `/app` and CACHE_DIR on the host, when the engine shares files with the builder.
+    shared: Option<shared::SharedDirs>,
+    /// The shared CACHE_DIR as the upload left it, to tell whether the build changed it.
+    uploaded_cache: std::sync::Mutex<Option<shared::Manifest>>,
 }
 
 #[async_trait::async_trait]
@@ -384,11 +523,24 @@ impl Job for BuildContainer {
     }
 
     async fn upload(&self, tar: ByteStream) -> Result<(), EngineError> {
-        let options = UploadToContainerOptionsBuilder::new().path("/").build();
-        self.docker
-            .upload_to_container(&self.id, Some(options), bollard::body_try_stream(tar))
-            .await
-            .map_err(api("copying the build input into the container"))
+        let tar = match &self.shared {
+            // The shared directories' entries go straight to the host; the engine gets the
+            // rest (config, buildpacks, the driver), a small archive.
+            Some(shared) => {
+                let (split, rest) = split_input(shared.clone(), tar);
+                let upload = self.upload_to_engine(rest);
+                let (split, uploaded) = tokio::join!(split, upload);
+                split?;
+                let manifest = shared.manifest(CACHE_DIR);
+                *self
+                    .uploaded_cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = manifest;
+                return uploaded;
+            }
+            None => tar,
+        };
+        self.upload_to_engine(tar).await
     }
 
     async fn start(&self) -> Result<(), EngineError> {
@@ -426,6 +578,9 @@ impl Job for BuildContainer {
     }
 
     fn download(&self, path: &str) -> ByteStream {
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.host_dir(path).is_some()) {
+            return archive_shared(shared.clone(), path.to_owned());
+        }
         let options = DownloadFromContainerOptionsBuilder::new()
             .path(path)
             .build();
@@ -434,6 +589,18 @@ impl Job for BuildContainer {
                 .download_from_container(&self.id, Some(options))
                 .map_err(|e| io::Error::other(format!("copying the build output: {e}"))),
         )
+    }
+
+    fn unchanged_since_upload(&self, path: &str) -> bool {
+        let (Some(shared), true) = (&self.shared, path == CACHE_DIR) else {
+            return false;
+        };
+        let uploaded = self
+            .uploaded_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        uploaded.is_some() && uploaded == shared.manifest(CACHE_DIR)
     }
 
     /// Removes the container (forced: a running one is killed). When the engine cannot be
@@ -447,6 +614,60 @@ impl Job for BuildContainer {
         }
         removed
     }
+}
+
+impl BuildContainer {
+    async fn upload_to_engine(&self, tar: ByteStream) -> Result<(), EngineError> {
+        let options = UploadToContainerOptionsBuilder::new().path("/").build();
+        self.docker
+            .upload_to_container(&self.id, Some(options), bollard::body_try_stream(tar))
+            .await
+            .map_err(api("copying the build input into the container"))
+    }
+}
+
+/// Splits the input archive on a blocking thread: shared entries are written to the host,
+/// the rest streams out for the engine.
+fn split_input(
+    shared: shared::SharedDirs,
+    tar: ByteStream,
+) -> (
+    impl std::future::Future<Output = Result<(), EngineError>>,
+    ByteStream,
+) {
+    let (mut writer, rest) = deis_types::pipe::pipe(8);
+    let task = tokio::task::spawn_blocking(move || {
+        let input = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(tar));
+        match shared.split_input(input, &mut writer) {
+            Ok(()) => writer.finish(),
+            Err(error) => {
+                writer.fail(io::Error::new(error.kind(), error.to_string()));
+                Err(error)
+            }
+        }
+    });
+    let done = async move {
+        let split_error = |message: String| EngineError::Api {
+            action: "writing the build input to the shared directories",
+            message,
+        };
+        match task.await {
+            Ok(result) => result.map_err(|e| split_error(e.to_string())),
+            Err(e) => Err(split_error(e.to_string())),
+        }
+    };
+    (done, rest)
+}
+
+/// A shared directory archived on a blocking thread, as the engine would stream it.
+fn archive_shared(shared: shared::SharedDirs, path: String) -> ByteStream {
+    let (mut writer, archive) = deis_types::pipe::pipe(8);
+    tokio::task::spawn_blocking(move || match shared.archive(&path, &mut writer) {
+        // A finish that fails means the reader is gone: nothing is left to tell.
+        Ok(()) => drop(writer.finish()),
+        Err(error) => writer.fail(io::Error::other(format!("reading {path}: {error}"))),
+    });
+    archive
 }
 
 /// How long a container whose removal failed is retried; an engine down longer than this

@@ -104,7 +104,7 @@ impl Pipeline {
         } = self.prepare(push, config, out).await?;
         times.add(Stage::Prepare, prepare_started.elapsed());
 
-        let spec = self.container_spec(push, compile.archive.buildpacks.as_deref());
+        let spec = self.container_spec(push, compile.archive.buildpacks.as_deref(), &workspace);
         let container = times
             .time(Stage::Container, self.executor.create(&spec))
             .await?;
@@ -369,6 +369,7 @@ impl Pipeline {
         &self,
         push: &Push,
         buildpacks: Option<&[FetchedBuildpack]>,
+        workspace: &Workspace,
     ) -> BuildContainerSpec {
         let mut env = vec![
             "HOME=/app".into(),
@@ -402,6 +403,8 @@ impl Pipeline {
             pids_limit: self.settings.pids_limit,
             app: push.app.to_string(),
             push_id: push.id.clone(),
+            // With a local engine, /app and the cache live here instead of being copied.
+            files_dir: Some(workspace.path().join("files")),
         }
     }
 

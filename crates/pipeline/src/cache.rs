@@ -19,8 +19,7 @@ use deis_storage::{ObjectStore, StorageError};
 use deis_types::names::AppName;
 use deis_types::pipe::ByteStream;
 
-/// Where CACHE_DIR lives in the build container.
-pub const CACHE_DIR: &str = "/build/cache";
+pub use deis_executor::CACHE_DIR;
 /// mtime of every cache entry: content, not build time, decides whether the cache changed.
 const CACHE_MTIME: u64 = 315_532_800;
 const GZIP_OS_UNIX: u8 = 3;
@@ -349,6 +348,10 @@ pub async fn save(
     dir: &Path,
 ) -> Result<Saved, CacheError> {
     let keys = CacheKeys::new(app);
+    // Untouched since it was restored: the stored cache is this one already.
+    if previous.is_some() && container.unchanged_since_upload(CACHE_DIR) {
+        return Ok(Saved::Unchanged);
+    }
     let path = dir.join("cache-new.tgz");
     let download: ByteStream = container.download(CACHE_DIR);
     let reader = SyncIoBridge::new(StreamReader::new(download));

@@ -18,6 +18,7 @@ mod timing;
 mod tests;
 
 pub use import::{ImportRequest, Imported};
+pub use input::BUILD_UID;
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -12,6 +12,8 @@ pub struct BuildSettings {
     /// Where images go; `None` keeps them in the local engine.
     pub registry: Option<RegistrySettings>,
     pub network: String,
+    /// `--build-files auto`: share `/app` and the cache with a local engine when it can.
+    pub share_files: bool,
     pub memory_bytes: i64,
     pub pids_limit: i64,
     pub timeout: Duration,

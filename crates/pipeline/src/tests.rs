@@ -287,6 +287,7 @@ impl World {
             stack_image: "deis/stack:test".into(),
             registry: None,
             network: "none".into(),
+            share_files: false,
             memory_bytes: 1 << 30,
             pids_limit: 512,
             timeout: Duration::from_secs(30),
