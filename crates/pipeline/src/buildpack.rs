@@ -20,7 +20,7 @@ use super::submodule::{self, FetchedSubmodule};
 use super::timing::{Stage, StageTimes};
 use deis_controller::Artifact;
 
-use super::{blocking_writer, input, BuildError, Built, Keys, Pipeline, Published};
+use super::{blocking_writer, input, BuildError, Built, Keys, Pipeline, RollbackJournal};
 use crate::push::{Output, Push};
 use deis_executor::{BuildContainerSpec, Job};
 use deis_slug::{self as slug, PackOptions, ProcessTypes, SlugIgnore};
@@ -91,7 +91,7 @@ impl Pipeline {
         push: &Push,
         config: &BTreeMap<String, String>,
         out: &Output,
-        published: &Published,
+        journal: &RollbackJournal,
         keys: &Keys,
         times: &StageTimes,
     ) -> Result<Built, BuildError> {
@@ -113,17 +113,14 @@ impl Pipeline {
             .compile(job, push, out, times, compile, &workspace)
             .await
         {
-            Ok(()) => {
-                self.pack_and_store(job, ignore, keys, published, times)
-                    .await
-            }
+            Ok(()) => self.pack_and_store(job, ignore, keys, journal, times).await,
             Err(error) => Err(error),
         };
         // Removed on every path; on cancellation the container's drop removes it instead.
         if let Err(error) = times.time(Stage::Cleanup, container.remove()).await {
             tracing::error!(%error, "cannot remove build container");
         }
-        self.publish_process_types(&packed?, keys, published, out, times)
+        self.publish_process_types(&packed?, keys, journal, out, times)
             .await
     }
 
@@ -208,7 +205,7 @@ impl Pipeline {
         &self,
         packed: &slug::PackedSlug,
         keys: &Keys,
-        published: &Published,
+        journal: &RollbackJournal,
         out: &Output,
         times: &StageTimes,
     ) -> Result<Built, BuildError> {
@@ -220,7 +217,7 @@ impl Pipeline {
         times
             .time(
                 Stage::Upload,
-                published.put(&keys.procfile, std::io::Cursor::new(procfile.into_bytes())),
+                journal.put(&keys.procfile, std::io::Cursor::new(procfile.into_bytes())),
             )
             .await?;
         Ok(Built {
@@ -475,7 +472,7 @@ impl Pipeline {
         container: &dyn Job,
         ignore: SlugIgnore,
         keys: &Keys,
-        published: &Published,
+        journal: &RollbackJournal,
         times: &StageTimes,
     ) -> Result<slug::PackedSlug, BuildError> {
         let pack_started = Instant::now();
@@ -485,7 +482,7 @@ impl Pipeline {
             read: 0,
             limit: self.settings.slug_max_bytes,
         };
-        let (stored, mut body) = match published.put_body(&keys.slug, body).await {
+        let (stored, mut body) = match journal.put_body(&keys.slug, body).await {
             Ok((stored, body)) => (stored.map_err(BuildError::from), Some(body)),
             Err(error) => (Err(error), None),
         };

@@ -12,7 +12,7 @@ use super::submodule;
 use super::timing::{Stage, StageTimes};
 use deis_controller::Artifact;
 
-use super::{blocking_writer, input, BuildError, Built, Pipeline, Published, PublishedImage};
+use super::{blocking_writer, input, BuildError, Built, CreatedTag, Pipeline, RollbackJournal};
 use crate::push::{Output, Push};
 use crate::settings::RegistrySettings;
 use deis_executor::{EngineError, ImageBuild, RegistryAuth, RegistryTag};
@@ -42,7 +42,7 @@ impl Pipeline {
         push: &Push,
         config: &BTreeMap<String, String>,
         out: &Output,
-        published: &Published,
+        journal: &RollbackJournal,
         times: &StageTimes,
     ) -> Result<Built, BuildError> {
         let repository = image_repository(self.settings.registry.as_ref(), push.app.as_str());
@@ -63,13 +63,13 @@ impl Pipeline {
         // The tag did not exist before this push (see `image_tag`): it goes if the push
         // fails. Recorded before the build, which tags at its very end: a build stopped
         // there (timeout, cancellation) must not leave the tag behind.
-        published.image(PublishedImage {
+        journal.image(CreatedTag {
             reference: reference.clone(),
             registry: None,
         });
         self.build_image(push, config, context.archive, &spec, out, times)
             .await?;
-        self.push_to_registry(push, &repository, &tag, published, out, times)
+        self.push_to_registry(push, &repository, &tag, journal, out, times)
             .await?;
         show_process_types(&context.process_types, out).await;
         Ok(Built {
@@ -118,7 +118,7 @@ impl Pipeline {
         push: &Push,
         repository: &str,
         tag: &str,
-        published: &Published,
+        journal: &RollbackJournal,
         out: &Output,
         times: &StageTimes,
     ) -> Result<(), BuildError> {
@@ -130,7 +130,7 @@ impl Pipeline {
         let auth = registry_auth(registry);
         // Recorded before the push: a push that fails half-way may still have put the
         // manifest (the last step), and rolling back an absent tag is a no-op.
-        published.image(PublishedImage {
+        journal.image(CreatedTag {
             reference,
             registry: Some(RegistryTag {
                 host: registry.host.clone(),

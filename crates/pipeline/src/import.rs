@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::dockerfile::{image_repository, registry_auth, relay};
 use super::timing::{millis, Stage, StageTimes};
-use super::{BuildError, Pipeline, Published, PublishedImage};
+use super::{BuildError, CreatedTag, Pipeline, RollbackJournal};
 use crate::push::Output;
 use deis_controller::{Artifact, ReleaseRequest};
 use deis_executor::{RegistryAuth, RegistryTag};
@@ -64,10 +64,10 @@ impl Pipeline {
         let times = StageTimes::default();
         // Outlives the staging future: when that is dropped (timeout, cancellation), what it
         // recorded is still rolled back below.
-        let published = Published::new(self.store.clone(), self.images.clone());
+        let journal = RollbackJournal::new(self.store.clone(), self.images.clone());
         let timeout = self.settings.timeout;
         let staged = tokio::select! {
-            staged = tokio::time::timeout(timeout, self.stage(request, &published, out, &times)) => {
+            staged = tokio::time::timeout(timeout, self.stage(request, &journal, out, &times)) => {
                 staged.unwrap_or(Err(BuildError::Timeout(timeout)))
             }
             () = cancel.cancelled() => Err(BuildError::Cancelled),
@@ -75,14 +75,14 @@ impl Pipeline {
         let staged = match staged {
             Ok(staged) => staged,
             Err(error) => {
-                published.roll_back().await;
+                journal.roll_back().await;
                 return Err(error);
             }
         };
         // Not raced against cancellation: once asked, the controller may cut the release
         // whether or not we wait, and its image must then stay (the call has a timeout).
         let released = self.release_import(request, &staged, out, &times).await;
-        published.settle(&released).await;
+        journal.settle(&released).await;
         let (version, image) = (released?, staged.reference);
         tracing::info!(
             app = %request.app,
@@ -98,11 +98,11 @@ impl Pipeline {
     }
 
     /// Pull, tag and push: everything before the release. Every tag is recorded in
-    /// `published` before it is made, so dropping this future half-way loses none.
+    /// `journal` before it is made, so dropping this future half-way loses none.
     async fn stage(
         &self,
         request: &ImportRequest,
-        published: &Published,
+        journal: &RollbackJournal,
         out: &Output,
         times: &StageTimes,
     ) -> Result<Staged, BuildError> {
@@ -110,9 +110,9 @@ impl Pipeline {
         let id = self.images.image_id(&pulled).await?;
         let hex = id.trim_start_matches("sha256:");
         let tagged = self
-            .tag_import(&request.app, &pulled, hex, published, times)
+            .tag_import(&request.app, &pulled, hex, journal, times)
             .await?;
-        self.push_import(&request.app, &tagged, published, out, times)
+        self.push_import(&request.app, &tagged, journal, out, times)
             .await?;
         Ok(Staged {
             reference: tagged.reference,
@@ -156,7 +156,7 @@ impl Pipeline {
         app: &AppName,
         pulled: &str,
         hex: &str,
-        published: &Published,
+        journal: &RollbackJournal,
         times: &StageTimes,
     ) -> Result<Tagged, BuildError> {
         // Deterministic: the same image imported twice gets the same tag.
@@ -173,7 +173,7 @@ impl Pipeline {
         );
         if local.is_err() {
             // Recorded first: removing a tag that was never made is a no-op.
-            published.image(PublishedImage {
+            journal.image(CreatedTag {
                 reference: reference.clone(),
                 registry: None,
             });
@@ -206,7 +206,7 @@ impl Pipeline {
         &self,
         app: &AppName,
         tagged: &Tagged,
-        published: &Published,
+        journal: &RollbackJournal,
         out: &Output,
         times: &StageTimes,
     ) -> Result<(), BuildError> {
@@ -216,7 +216,7 @@ impl Pipeline {
         let auth = registry_auth(registry);
         if !tagged.in_registry {
             // Before the push: one stopped half-way may still have put the manifest.
-            published.image(PublishedImage {
+            journal.image(CreatedTag {
                 reference: tagged.reference.clone(),
                 registry: Some(RegistryTag {
                     host: registry.host.clone(),

@@ -276,9 +276,9 @@ impl PushRunner for Pipeline {
             let started = Instant::now();
             let receive = started.saturating_duration_since(push.receive_started);
             let times = StageTimes::default();
-            let published = Published::new(self.store.clone(), self.images.clone());
+            let journal = RollbackJournal::new(self.store.clone(), self.images.clone());
             let built = tokio::select! {
-                built = self.build(&push, &out, &published, &times) => Some(built),
+                built = self.build(&push, &out, &journal, &times) => Some(built),
                 () = cancel.cancelled() => None,
             };
             let built = match built {
@@ -286,7 +286,7 @@ impl PushRunner for Pipeline {
                 Some(Err(error)) => {
                     tracing::warn!(%error, failure = %error.failure(), "push rejected");
                     out.error(format!("Build failed: {error}")).await;
-                    published.roll_back().await;
+                    journal.roll_back().await;
                     metrics::push_finished(PushResult::Failed);
                     return Verdict::Reject;
                 }
@@ -294,7 +294,7 @@ impl PushRunner for Pipeline {
                     tracing::warn!(
                         "push cancelled: the client went away or the server is stopping"
                     );
-                    published.roll_back().await;
+                    journal.roll_back().await;
                     metrics::push_finished(PushResult::Cancelled);
                     return Verdict::Reject;
                 }
@@ -304,7 +304,7 @@ impl PushRunner for Pipeline {
             let released = times
                 .time(Stage::Release, self.release(&push, &built, &out))
                 .await;
-            published.settle(&released).await;
+            journal.settle(&released).await;
             match released {
                 Ok(version) => {
                     tracing::info!(
@@ -348,7 +348,7 @@ impl Pipeline {
         &self,
         push: &Push,
         out: &Output,
-        published: &Published,
+        journal: &RollbackJournal,
         times: &StageTimes,
     ) -> Result<Built, BuildError> {
         let source_started = Instant::now();
@@ -365,7 +365,7 @@ impl Pipeline {
         // when one fails: a put dropped in flight could still land after the rollback.
         let store_source = times.time(Stage::Source, async {
             let source_tar = StreamReader::new(push.source.archive(&push.commit)?);
-            published.put(&keys.source, source_tar).await?;
+            journal.put(&keys.source, source_tar).await?;
             Ok::<(), BuildError>(())
         });
         let build = async {
@@ -374,12 +374,12 @@ impl Pipeline {
             let (kind, built) = match plan {
                 Plan::Buildpack => (
                     BuildKind::Buildpack,
-                    self.buildpack_build(push, &config.values, out, published, &keys, times)
+                    self.buildpack_build(push, &config.values, out, journal, &keys, times)
                         .await,
                 ),
                 Plan::Dockerfile => (
                     BuildKind::Dockerfile,
-                    self.dockerfile_build(push, &config.values, out, published, times)
+                    self.dockerfile_build(push, &config.values, out, journal, times)
                         .await,
                 ),
             };
@@ -509,11 +509,11 @@ where
 /// the directory after its rename; S3 may be completing a multipart upload). A rollback
 /// therefore first stops the bodies still being read (the store then aborts those puts)
 /// and waits for every put to end, and only then deletes.
-struct Published {
+struct RollbackJournal {
     store: Arc<dyn ObjectStore>,
     images: Arc<dyn Images>,
     created: Mutex<Vec<String>>,
-    tags: Mutex<Vec<PublishedImage>>,
+    tags: Mutex<Vec<CreatedTag>>,
     uploads: TaskTracker,
     /// Fired by the rollback: fails the bodies of puts still running.
     stop: CancellationToken,
@@ -521,16 +521,16 @@ struct Published {
 
 /// An image tag a push created: in the local engine, and in the registry once pushed.
 #[derive(Debug, Clone)]
-pub(crate) struct PublishedImage {
+pub(crate) struct CreatedTag {
     /// `repository:tag` in the local engine.
     pub reference: String,
     /// The tag in the registry, once pushed there.
     pub registry: Option<RegistryTag>,
 }
 
-impl Published {
-    fn new(store: Arc<dyn ObjectStore>, images: Arc<dyn Images>) -> Published {
-        Published {
+impl RollbackJournal {
+    fn new(store: Arc<dyn ObjectStore>, images: Arc<dyn Images>) -> RollbackJournal {
+        RollbackJournal {
             store,
             images,
             created: Mutex::new(Vec::new()),
@@ -541,7 +541,7 @@ impl Published {
     }
 
     /// Records a tag this push created (call again once it is in the registry).
-    fn image(&self, image: PublishedImage) {
+    fn image(&self, image: CreatedTag) {
         let mut images = self.tags.lock().unwrap_or_else(PoisonError::into_inner);
         images.retain(|known| known.reference != image.reference);
         images.push(image);
@@ -555,7 +555,7 @@ impl Published {
         Ok(written?)
     }
 
-    /// [`Published::put`], giving the body back to a caller that reads on after a failed
+    /// [`RollbackJournal::put`], giving the body back to a caller that reads on after a failed
     /// put. The outer error is for a put that could not be started or did not end.
     async fn put_body<B>(
         &self,
