@@ -52,6 +52,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         images: Arc::new(engine.clone()),
         settings: settings.build.clone(),
         stack: stack.clone(),
+        warm: Default::default(),
     });
     // Two stages: `draining` closes the doors; `abort` cancels what still runs once the
     // grace period is over.
@@ -68,7 +69,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .with_limits(PushLimits {
         max_push_bytes: limits.max_push_bytes,
         lock_wait: limits.lock_wait,
-    });
+    })
+    .with_runner(pipeline.clone());
 
     tracing::info!(
         ssh = %deis_frontdoor::ssh::describe_listener(listeners.ssh.local_addr()?),
@@ -369,6 +371,7 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
         settings: settings.build.clone(),
         // An import runs no build: it needs neither the stack nor the build network.
         stack: Stack::for_imports_only(),
+        warm: Default::default(),
     };
     let (out, mut rx) = deis_pipeline::push::Output::channel(64);
     let printer = tokio::spawn(async move {

@@ -15,10 +15,19 @@ pub fn docker(args: &[&str]) -> String {
 
 /// IDs of containers labelled with `app` (any state).
 pub fn containers_of(app: &str) -> Vec<String> {
+    builder_containers(app, "-aq")
+}
+
+/// The app's build containers that are running now.
+pub fn running_containers_of(app: &str) -> Vec<String> {
+    builder_containers(app, "-q")
+}
+
+fn builder_containers(app: &str, listing: &str) -> Vec<String> {
     let out = Command::new("docker")
         .args([
             "ps",
-            "-aq",
+            listing,
             "--filter",
             &format!("label=io.deis.builder.app={app}"),
         ])

@@ -2,15 +2,17 @@
 //! `BUILDPACK_URL` / `.buildpacks`, fetched on the host) in an ephemeral container, with the
 //! app's build cache restored into CACHE_DIR; `/app` comes out as a slug.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, ReadBuf};
+use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::cache::{self, Restore, RestoredCache, Saved};
@@ -24,6 +26,7 @@ use super::{blocking_writer, input, BuildError, Built, Keys, Pipeline, RollbackJ
 use crate::push::{Output, Push};
 use deis_executor::{BuildContainerSpec, Job};
 use deis_slug::{self as slug, PackOptions, ProcessTypes, SlugIgnore};
+use deis_types::names::AppName;
 use deis_types::pipe::ByteStream;
 
 /// Largest `.slugignore` we read.
@@ -43,6 +46,7 @@ pub const SSH_KEY: &str = "SSH_KEY";
 #[derive(Debug, Default)]
 struct BuildInputs {
     config: BTreeMap<String, String>,
+    push_env: String,
     cache: Option<PathBuf>,
     buildpacks: Option<Vec<FetchedBuildpack>>,
     ssh_key: Option<String>,
@@ -96,18 +100,28 @@ impl Pipeline {
         times: &StageTimes,
     ) -> Result<Built, BuildError> {
         let prepare_started = Instant::now();
+        // A container created while the push was received comes with its workspace.
+        let (workspace, warm) = match self.warm.take(&push.id).await {
+            Some(WarmBuild { workspace, job }) => (workspace, Some(job)),
+            None => (Workspace::create(&self.settings.work_dir, &push.id)?, None),
+        };
         // The workspace stays bound here, so it outlives the container and the uploads.
         let Prepared {
             workspace,
             ignore,
             compile,
-        } = self.prepare(push, config, out).await?;
+        } = self.prepare(push, config, workspace, out).await?;
         times.add(Stage::Prepare, prepare_started.elapsed());
 
-        let spec = self.container_spec(push, compile.archive.buildpacks.as_deref(), &workspace);
-        let container = times
-            .time(Stage::Container, self.executor.create(&spec))
-            .await?;
+        let container = match warm {
+            Some(job) => job,
+            None => {
+                let spec = self.container_spec(&push.app, &push.id, &workspace);
+                times
+                    .time(Stage::Container, self.executor.create(&spec))
+                    .await?
+            }
+        };
         let job: &dyn Job = container.as_ref();
         let packed = match self
             .compile(job, push, out, times, compile, &workspace)
@@ -130,10 +144,10 @@ impl Pipeline {
         &self,
         push: &Push,
         config: &BTreeMap<String, String>,
+        workspace: Workspace,
         out: &Output,
     ) -> Result<Prepared, BuildError> {
         let ignore = read_slugignore(push, out).await?;
-        let workspace = Workspace::create(&self.settings.work_dir, &push.id)?;
         let ssh_key = config
             .get(SSH_KEY)
             .map(|value| input::decode_ssh_key(value));
@@ -145,7 +159,17 @@ impl Pipeline {
         let submodules =
             submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
         let cache = self.prepare_cache(push, config, &workspace, out).await;
+        // The driver runs every buildpack listed, in order, without detection.
+        let selection = if buildpacks.is_some() {
+            "listed"
+        } else {
+            "detect"
+        };
         let archive = BuildInputs {
+            push_env: format!(
+                "SOURCE_VERSION={}\nBUILDPACK_SELECTION={selection}\n",
+                push.commit
+            ),
             config: config.clone(),
             cache: cache.restored().map(|r| r.path.clone()),
             buildpacks,
@@ -362,19 +386,20 @@ impl Pipeline {
         }
     }
 
+    /// The build container of a push: nothing in it depends on the pushed commit (that
+    /// comes in `/build/push.env`), so it can be created while the push is received.
     fn container_spec(
         &self,
-        push: &Push,
-        buildpacks: Option<&[FetchedBuildpack]>,
+        app: &AppName,
+        push_id: &str,
         workspace: &Workspace,
     ) -> BuildContainerSpec {
         let mut env = vec![
             "HOME=/app".into(),
             "APP_DIR=/app".into(),
             format!("STACK={}", self.stack.name),
-            format!("SOURCE_VERSION={}", push.commit),
-            format!("REQUEST_ID={}", push.id),
-            format!("DEIS_APP={}", push.app),
+            format!("REQUEST_ID={push_id}"),
+            format!("DEIS_APP={app}"),
             // Lets buildpacks explain a failed download in a sealed build.
             format!("DEIS_BUILD_NETWORK={}", self.settings.network),
         ];
@@ -386,10 +411,6 @@ impl Pipeline {
                 .into_iter()
                 .map(|(name, value)| format!("{name}={value}")),
         );
-        if buildpacks.is_some() {
-            // The driver runs every buildpack in /build/buildpacks in order, no detection.
-            env.push("BUILDPACK_SELECTION=listed".into());
-        }
         BuildContainerSpec {
             image: self.settings.stack_image.clone(),
             cmd: vec!["/bin/bash".into(), input::DRIVER.into()],
@@ -398,8 +419,8 @@ impl Pipeline {
             network: self.settings.network.clone(),
             memory_bytes: self.settings.memory_bytes,
             pids_limit: self.settings.pids_limit,
-            app: push.app.to_string(),
-            push_id: push.id.clone(),
+            app: app.to_string(),
+            push_id: push_id.to_owned(),
             // With a local engine, /app and the cache live here instead of being copied.
             files_dir: Some(workspace.path().join("files")),
         }
@@ -420,6 +441,7 @@ impl Pipeline {
                     ssh_key: inputs.ssh_key.as_deref(),
                     ca_bundle: inputs.ca_bundle.as_deref(),
                     submodules: &inputs.submodules,
+                    push_env: &inputs.push_env,
                 };
                 input::write(source, &inputs.config, &extras, w)
             }))
@@ -625,5 +647,80 @@ fn describe_types(packed: &slug::PackedSlug, types: &ProcessTypes) -> String {
         (_, true) => "No process types declared (add a Procfile)".to_owned(),
         (true, false) => format!("Procfile declares types -> {names}"),
         (false, false) => format!("Default types for buildpack -> {names}"),
+    }
+}
+
+/// A build container created while its push was received, with the workspace its files
+/// live in.
+pub struct WarmBuild {
+    workspace: Workspace,
+    job: Box<dyn Job>,
+}
+
+/// Build containers being created (or created) for pushes still being received, by push
+/// id. The run takes its own; whatever is left when the push is over is removed.
+#[derive(Default)]
+pub struct WarmBuilds {
+    by_push: Mutex<HashMap<String, JoinHandle<Option<WarmBuild>>>>,
+}
+
+impl std::fmt::Debug for WarmBuilds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmBuilds").finish_non_exhaustive()
+    }
+}
+
+impl WarmBuilds {
+    fn insert(&self, push_id: &str, creating: JoinHandle<Option<WarmBuild>>) {
+        if let Some(replaced) = self.lock().insert(push_id.to_owned(), creating) {
+            replaced.abort();
+        }
+    }
+
+    /// The push's container, once created; `None` when there is none or creating it failed.
+    async fn take(&self, push_id: &str) -> Option<WarmBuild> {
+        let creating = self.lock().remove(push_id)?;
+        creating.await.ok().flatten()
+    }
+
+    /// Removes what was prepared for a push that did not use it (refused, a Dockerfile
+    /// build, a client gone): dropping the job removes its container, and the workspace
+    /// its directory.
+    pub fn discard(&self, push_id: &str) {
+        if let Some(creating) = self.lock().remove(push_id) {
+            tokio::spawn(async move { drop(creating.await) });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<Option<WarmBuild>>>> {
+        self.by_push
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Pipeline {
+    /// Starts creating the push's build container while the push is received, so the
+    /// build does not wait for it. A failure is only logged: the build creates its own.
+    pub(super) fn warm_up(&self, app: &AppName, push_id: &str) {
+        let workspace = match Workspace::create(&self.settings.work_dir, push_id) {
+            Ok(workspace) => workspace,
+            Err(error) => {
+                tracing::debug!(%error, "no workspace for an early build container");
+                return;
+            }
+        };
+        let spec = self.container_spec(app, push_id, &workspace);
+        let executor = self.executor.clone();
+        let creating = tokio::spawn(async move {
+            match executor.create(&spec).await {
+                Ok(job) => Some(WarmBuild { workspace, job }),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot create a build container early");
+                    None
+                }
+            }
+        });
+        self.warm.insert(push_id, creating);
     }
 }

@@ -40,6 +40,9 @@ pub struct Extras<'a> {
     pub ca_bundle: Option<&'a [u8]>,
     /// Git submodules of the pushed commit, checked out on the host.
     pub submodules: &'a [FetchedSubmodule],
+    /// `NAME=value` lines the driver reads at start (`/build/push.env`): what only the push
+    /// knows, so that the container can be created before it arrives.
+    pub push_env: &'a str,
 }
 
 /// Writes the build input archive to `out`. `source` is a tar of the app tree (git archive).
@@ -85,6 +88,7 @@ pub fn write(
     if let Some(key) = extras.ssh_key {
         append_ssh(&mut tar, key)?;
     }
+    tar.file("build/push.env", 0o644, extras.push_env.as_bytes())?;
     if let Some(bundle) = extras.ca_bundle {
         // A file entry only: the image's /etc keeps its owners, the bundle is root's as
         // on any system, readable by all.
@@ -401,6 +405,7 @@ mod tests {
             ssh_key: Some("-----BEGIN KEY-----\nx\n"),
             ca_bundle: Some(b"-----BEGIN CERTIFICATE-----\n"),
             submodules: &[],
+            push_env: "SOURCE_VERSION=abc\n",
         };
         let mut out = Vec::new();
         write(&source[..], &BTreeMap::new(), &extras, &mut out).unwrap();

@@ -1,7 +1,7 @@
 //! One build, from a received push to a released slug. Knows nothing of SSH: it gets a
 //! [`Push`], writes progress to an [`Output`] and returns a [`Verdict`].
 
-mod buildpack;
+pub mod buildpack;
 pub mod cache;
 mod dockerfile;
 mod fetch;
@@ -264,10 +264,20 @@ pub struct Pipeline {
     pub images: Arc<dyn Images>,
     pub settings: BuildSettings,
     pub stack: Stack,
+    /// Build containers created while their pushes were still being received.
+    pub warm: buildpack::WarmBuilds,
 }
 
 #[async_trait::async_trait]
 impl PushRunner for Pipeline {
+    fn expect(&self, app: &AppName, push_id: &str) {
+        self.warm_up(app, push_id);
+    }
+
+    fn forget(&self, push_id: &str) {
+        self.warm.discard(push_id);
+    }
+
     async fn run(&self, push: Push, out: Output, cancel: CancellationToken) -> Verdict {
         let span = tracing::info_span!(
             "push", push_id = %push.id, app = %push.app, user = %push.user, sha = %push.commit.short()

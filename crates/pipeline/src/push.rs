@@ -30,10 +30,19 @@ pub enum Verdict {
 }
 
 #[async_trait::async_trait]
-pub trait PushRunner: Send + Sync {
+pub trait PushRunner: Send + Sync + std::fmt::Debug {
     /// Runs the whole pipeline for `push`. Must stop promptly and clean up when `cancel` fires
     /// (the client went away or the server is shutting down).
     async fn run(&self, push: Push, out: Output, cancel: CancellationToken) -> Verdict;
+
+    /// A push to `app` with id `push_id` is being received: work that needs none of its
+    /// bytes may start now (a build container, say). [`PushRunner::forget`] follows once
+    /// the push is over, run or not.
+    fn expect(&self, _app: &AppName, _push_id: &str) {}
+
+    /// The push `push_id` is over: what [`PushRunner::expect`] prepared and the run did
+    /// not use is discarded.
+    fn forget(&self, _push_id: &str) {}
 }
 
 /// Where a push's progress goes: the client's terminal, as `remote:` lines.

@@ -210,6 +210,14 @@ fn compiles(_run: &FakeRun<'_>) -> FakeBuild {
         .file("/build/cache/go/mod.cache", b"modules".to_vec())
 }
 
+/// [`compiles`], also showing what the driver would read from `/build/push.env`.
+fn compiles_showing_push_env(run: &FakeRun<'_>) -> FakeBuild {
+    let push_env = String::from_utf8_lossy(run.file("/build/push.env").unwrap_or_default())
+        .trim()
+        .replace('\n', " ");
+    compiles(run).line(&format!("       push.env: {push_env}"))
+}
+
 /// Bytes gzip cannot shrink, so a slug of them is about as large as they are.
 fn incompressible(len: usize) -> Vec<u8> {
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -307,6 +315,7 @@ impl World {
             images: Arc::new(images.clone()),
             settings,
             stack: Stack::for_imports_only(),
+            warm: Default::default(),
         };
         World {
             _dir: dir,
@@ -406,7 +415,14 @@ fn assert_shows(output: &str, expected: &str) {
 
 #[tokio::test]
 async fn a_successful_push_stores_its_objects_and_is_released() {
-    let world = World::new(SOURCE, compiles, Answer::Release, None, unchanged).await;
+    let world = World::new(
+        SOURCE,
+        compiles_showing_push_env,
+        Answer::Release,
+        None,
+        unchanged,
+    )
+    .await;
     let pushed = world.run().await;
 
     assert_eq!(pushed.verdict, Verdict::Accept, "{}", pushed.output);
@@ -440,10 +456,20 @@ async fn a_successful_push_stores_its_objects_and_is_released() {
     assert_eq!(containers[0].removed, Some(Removal::Removed));
     assert_eq!(containers[0].spec.app, APP);
     assert_eq!(containers[0].spec.push_id, PUSH_ID);
-    assert!(containers[0]
+    // What only the push knows reaches the driver in a file, not in the container's
+    // environment, so the container can be created while the push is received.
+    assert_shows(
+        &pushed.output,
+        &format!(
+            "       push.env: SOURCE_VERSION={} BUILDPACK_SELECTION=detect\n",
+            world.commit
+        ),
+    );
+    assert!(!containers[0]
         .spec
         .env
-        .contains(&format!("SOURCE_VERSION={}", world.commit)));
+        .iter()
+        .any(|var| var.starts_with("SOURCE_VERSION=")));
     world.assert_no_container_left();
 
     // The slug holds the source and what the build wrote.

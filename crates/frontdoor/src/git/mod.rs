@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Admission, AppLock, Refusal, Shutdown};
+use deis_pipeline::push::PushRunner;
 use deis_pipeline::source::git_command;
 use deis_types::command::{GitCommand, GitService};
 use deis_types::names::AppName;
@@ -112,6 +113,8 @@ pub struct GitServer {
     pending: PendingPushes,
     limits: PushLimits,
     admission: Admission,
+    /// Told when a push starts and ends, so it can prepare while the pack arrives.
+    runner: Option<Arc<dyn PushRunner>>,
 }
 
 impl GitServer {
@@ -128,11 +131,18 @@ impl GitServer {
             pending: PendingPushes::default(),
             limits: PushLimits::default(),
             admission,
+            runner: None,
         }
     }
 
     pub fn with_limits(mut self, limits: PushLimits) -> GitServer {
         self.limits = limits;
+        self
+    }
+
+    /// The pipeline, told of each push as it starts and ends ([`PushRunner::expect`]).
+    pub fn with_runner(mut self, runner: Arc<dyn PushRunner>) -> GitServer {
+        self.runner = Some(runner);
         self
     }
 
@@ -229,6 +239,9 @@ impl GitServer {
         let push_id = new_push_id();
         // The caller's span (SSH: `git`) declares the field; logs tie up by it.
         tracing::Span::current().record("push_id", push_id.as_str());
+        if let Some(runner) = &self.runner {
+            runner.expect(app, &push_id);
+        }
         self.pending.insert(
             push_id.clone(),
             PendingPush {
@@ -257,6 +270,9 @@ impl GitServer {
         )
         .await;
         self.pending.remove(&push_id);
+        if let Some(runner) = &self.runner {
+            runner.forget(&push_id);
+        }
         if piped.status != 0 {
             // The app is still locked: a quarantine left now is this push's.
             remove_quarantine_of_unfinished_push(&git_dir).await;
