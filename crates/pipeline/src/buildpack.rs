@@ -69,6 +69,8 @@ struct CompileInputs {
     /// Hides config values and keys in the build's output.
     redactor: Redactor,
     cache: CacheUse,
+    /// The container was started while the push was received and waits for the signal.
+    started_early: bool,
 }
 
 /// The app's build cache in one build.
@@ -105,18 +107,20 @@ impl Pipeline {
             Some(WarmBuild { workspace, job }) => (workspace, Some(job)),
             None => (Workspace::create(&self.settings.work_dir, &push.id)?, None),
         };
+        let started_early = warm.is_some();
         // The workspace stays bound here, so it outlives the container and the uploads.
         let Prepared {
             workspace,
             ignore,
-            compile,
+            mut compile,
         } = self.prepare(push, config, workspace, out).await?;
+        compile.started_early = started_early;
         times.add(Stage::Prepare, prepare_started.elapsed());
 
         let container = match warm {
             Some(job) => job,
             None => {
-                let spec = self.container_spec(&push.app, &push.id, &workspace);
+                let spec = self.container_spec(&push.app, &push.id, &workspace, false);
                 times
                     .time(Stage::Container, self.executor.create(&spec))
                     .await?
@@ -184,6 +188,7 @@ impl Pipeline {
                 archive,
                 redactor,
                 cache,
+                started_early: false,
             },
         })
     }
@@ -202,7 +207,7 @@ impl Pipeline {
         times
             .time(
                 Stage::Container,
-                Self::copy_in_and_start(container, push, inputs.archive),
+                Self::copy_in_and_start(container, inputs.started_early, push, inputs.archive),
             )
             .await?;
         times
@@ -388,11 +393,13 @@ impl Pipeline {
 
     /// The build container of a push: nothing in it depends on the pushed commit (that
     /// comes in `/build/push.env`), so it can be created while the push is received.
+    /// Started early, it waits for [`GO_SIGNAL`] before it runs the driver.
     fn container_spec(
         &self,
         app: &AppName,
         push_id: &str,
         workspace: &Workspace,
+        start_early: bool,
     ) -> BuildContainerSpec {
         let mut env = vec![
             "HOME=/app".into(),
@@ -413,7 +420,15 @@ impl Pipeline {
         );
         BuildContainerSpec {
             image: self.settings.stack_image.clone(),
-            cmd: vec!["/bin/bash".into(), input::DRIVER.into()],
+            cmd: if start_early {
+                let wait = format!(
+                    "until [ -e {GO_SIGNAL} ]; do sleep 0.005; done; exec /bin/bash {}",
+                    input::DRIVER
+                );
+                vec!["/bin/sh".into(), "-c".into(), wait]
+            } else {
+                vec!["/bin/bash".into(), input::DRIVER.into()]
+            },
             env,
             user: format!("{uid}:{uid}", uid = input::BUILD_UID),
             network: self.settings.network.clone(),
@@ -426,9 +441,12 @@ impl Pipeline {
         }
     }
 
-    /// Copies the input (source, config, cache, buildpacks) in and starts the driver.
+    /// Copies the input (source, config, cache, buildpacks) in and starts the driver: by
+    /// starting the container, or, when it was started early and waits, by giving the
+    /// signal once every input file is in place.
     async fn copy_in_and_start(
         container: &dyn Job,
+        started_early: bool,
         push: &Push,
         inputs: BuildInputs,
     ) -> Result<(), BuildError> {
@@ -446,7 +464,11 @@ impl Pipeline {
                 input::write(source, &inputs.config, &extras, w)
             }))
             .await?;
-        container.start().await?;
+        if started_early {
+            container.upload(go_signal()?).await?;
+        } else {
+            container.start().await?;
+        }
         Ok(())
     }
 
@@ -710,17 +732,36 @@ impl Pipeline {
                 return;
             }
         };
-        let spec = self.container_spec(app, push_id, &workspace);
+        let spec = self.container_spec(app, push_id, &workspace, true);
         let executor = self.executor.clone();
         let creating = tokio::spawn(async move {
-            match executor.create(&spec).await {
+            // Started too: starting is the slow part. It runs nothing of the push's until
+            // the build gives the signal; unused, it is removed with the push.
+            let started = async {
+                let job = executor.create(&spec).await?;
+                job.start().await?;
+                Ok::<_, deis_executor::EngineError>(job)
+            };
+            match started.await {
                 Ok(job) => Some(WarmBuild { workspace, job }),
                 Err(error) => {
-                    tracing::debug!(%error, "cannot create a build container early");
+                    tracing::debug!(%error, "cannot start a build container early");
                     None
                 }
             }
         });
         self.warm.insert(push_id, creating);
     }
+}
+
+/// The file a build container started early waits for: it arrives after every input file.
+const GO_SIGNAL: &str = "/build/.go";
+
+fn go_signal() -> std::io::Result<ByteStream> {
+    let mut tar = deis_slug::tar_writer::TarWriter::new(Vec::new(), input::BUILD_UID, 0);
+    tar.file(GO_SIGNAL.trim_start_matches('/'), 0o644, b"")?;
+    let archive = bytes::Bytes::from(tar.finish()?);
+    Ok(Box::pin(futures_util::stream::once(
+        async move { Ok(archive) },
+    )))
 }

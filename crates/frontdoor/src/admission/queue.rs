@@ -68,6 +68,12 @@ impl BuildQueue {
         self.inner.state().running
     }
 
+    /// Whether a build asking now would get a slot at once.
+    pub fn has_free_slot(&self) -> bool {
+        let state = self.inner.state();
+        state.waiting.is_empty() && state.running < state.limit
+    }
+
     /// Builds waiting for a slot.
     pub fn queued(&self) -> usize {
         self.inner.state().waiting.len()

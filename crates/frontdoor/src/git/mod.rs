@@ -239,7 +239,13 @@ impl GitServer {
         let push_id = new_push_id();
         // The caller's span (SSH: `git`) declares the field; logs tie up by it.
         tracing::Span::current().record("push_id", push_id.as_str());
-        if let Some(runner) = &self.runner {
+        // A push that will wait in line gets nothing early: only pushes that hold a slot
+        // have running build containers.
+        if let Some(runner) = self
+            .runner
+            .as_ref()
+            .filter(|_| self.admission.queue().has_free_slot())
+        {
             runner.expect(app, &push_id);
         }
         self.pending.insert(
