@@ -527,16 +527,19 @@ impl Job for BuildContainer {
             // The shared directories' entries go straight to the host; the engine gets the
             // rest (config, buildpacks, the driver), a small archive.
             Some(shared) => {
-                let (split, rest) = split_input(shared.clone(), tar);
-                let upload = self.upload_to_engine(rest);
-                let (split, uploaded) = tokio::join!(split, upload);
-                split?;
+                let rest = split_input(shared.clone(), tar).await?;
                 let manifest = shared.manifest(CACHE_DIR);
                 *self
                     .uploaded_cache
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = manifest;
-                return uploaded;
+                return match rest {
+                    Some(rest) => {
+                        let rest = futures_util::stream::once(async move { Ok(Bytes::from(rest)) });
+                        self.upload_to_engine(Box::pin(rest)).await
+                    }
+                    None => Ok(()),
+                };
             }
             None => tar,
         };
@@ -626,37 +629,27 @@ impl BuildContainer {
     }
 }
 
-/// Splits the input archive on a blocking thread: shared entries are written to the host,
-/// the rest streams out for the engine.
-fn split_input(
+/// Splits the input archive on a blocking thread: shared entries are written to the host;
+/// what is left for the engine (outside `/app` and `/build`: the CA bundle, if any, a few
+/// hundred KiB) comes back as an archive, `None` when there is nothing.
+async fn split_input(
     shared: shared::SharedDirs,
     tar: ByteStream,
-) -> (
-    impl std::future::Future<Output = Result<(), EngineError>>,
-    ByteStream,
-) {
-    let (mut writer, rest) = deis_types::pipe::pipe(8);
+) -> Result<Option<Vec<u8>>, EngineError> {
+    let split_error = |message: String| EngineError::Api {
+        action: "writing the build input to the shared directories",
+        message,
+    };
     let task = tokio::task::spawn_blocking(move || {
         let input = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(tar));
-        match shared.split_input(input, &mut writer) {
-            Ok(()) => writer.finish(),
-            Err(error) => {
-                writer.fail(io::Error::new(error.kind(), error.to_string()));
-                Err(error)
-            }
-        }
+        let mut rest = Vec::new();
+        let to_engine = shared.split_input(input, &mut rest)?;
+        Ok::<_, io::Error>((to_engine > 0).then_some(rest))
     });
-    let done = async move {
-        let split_error = |message: String| EngineError::Api {
-            action: "writing the build input to the shared directories",
-            message,
-        };
-        match task.await {
-            Ok(result) => result.map_err(|e| split_error(e.to_string())),
-            Err(e) => Err(split_error(e.to_string())),
-        }
-    };
-    (done, rest)
+    match task.await {
+        Ok(result) => result.map_err(|e| split_error(e.to_string())),
+        Err(e) => Err(split_error(e.to_string())),
+    }
 }
 
 /// A shared directory archived on a blocking thread, as the engine would stream it.

@@ -19,7 +19,9 @@ use deis_slug::tar_writer::TarWriter;
 use tar::EntryType;
 
 /// Container directories that live on the host, and the name of their host directory.
-const SHARED: [(&str, &str); 2] = [("/app", "app"), ("/build/cache", "cache")];
+/// `/build` holds the build's input besides the source (config, buildpacks, the driver)
+/// and CACHE_DIR: with both shared, a build needs no archive call to the engine at all.
+const SHARED: [(&str, &str); 2] = [("/app", "app"), ("/build", "build")];
 
 /// Deepest directory the walk descends; a build cannot make the builder recurse forever.
 const MAX_DEPTH: usize = 256;
@@ -53,19 +55,17 @@ impl SharedDirs {
             .collect()
     }
 
-    /// The host directory behind a shared container path.
+    /// The host directory behind a container path in a shared directory.
     pub fn host_dir(&self, container_path: &str) -> Option<PathBuf> {
-        let path = container_path.trim_end_matches('/');
-        SHARED
-            .iter()
-            .find(|(container, _)| *container == path)
-            .map(|(_, name)| self.root.join(name))
+        let name = container_path.trim_start_matches('/').trim_end_matches('/');
+        self.host_path(name).ok().flatten()
     }
 
     /// Writes the entries of an input archive (unpacked at `/` in the container) that
     /// belong to a shared directory under it on the host, with their owners and modes, and
-    /// copies every other entry to `rest`, for the engine.
-    pub fn split_input(&self, input: impl Read, rest: impl Write) -> io::Result<()> {
+    /// copies every other entry to `rest`, for the engine. Returns how many went to `rest`.
+    pub fn split_input(&self, input: impl Read, rest: impl Write) -> io::Result<u64> {
+        let mut to_engine = 0;
         let mut others = TarWriter::new(rest, 0, 0);
         let mut archive = tar::Archive::new(input);
         for entry in archive.entries()? {
@@ -79,10 +79,14 @@ impl SharedDirs {
             let (uid, mode) = (header.uid()?, header.mode()? & 0o7777);
             match self.host_path(&name)? {
                 Some(host) => self.write_entry(&mut entry, &host, uid, mode)?,
-                None => copy_entry(&mut others, &mut entry, &name, uid, mode)?,
+                None => {
+                    copy_entry(&mut others, &mut entry, &name, uid, mode)?;
+                    to_engine += 1;
+                }
             }
         }
-        others.finish()?.flush()
+        others.finish()?.flush()?;
+        Ok(to_engine)
     }
 
     /// Where an archive entry goes on the host, `None` when it is not shared. Only plain
@@ -418,7 +422,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let shared = SharedDirs::create(&root.path().join("files"), 1000).unwrap();
         let mut rest = Vec::new();
-        shared.split_input(&input()[..], &mut rest).unwrap();
+        assert_eq!(shared.split_input(&input()[..], &mut rest).unwrap(), 1);
         let app = shared.host_dir("/app").unwrap();
         assert_eq!(fs::read(app.join("app.py")).unwrap(), b"print(1)");
         assert_eq!(fs::metadata(app.join("app.py")).unwrap().uid(), 1000);
@@ -428,15 +432,12 @@ mod tests {
             .is_symlink());
         let cache = shared.host_dir("/build/cache").unwrap();
         assert_eq!(fs::read(cache.join("pip/x")).unwrap(), b"cached");
-        let rest: Vec<String> = names(&rest).into_iter().map(|(name, _)| name).collect();
         assert_eq!(
-            rest,
-            [
-                "build",
-                "build/env/SECRET",
-                "etc/ssl/certs/ca-certificates.crt"
-            ]
+            fs::read(shared.host_dir("/build/env/SECRET").unwrap()).unwrap(),
+            b"s3cr3t"
         );
+        let rest: Vec<String> = names(&rest).into_iter().map(|(name, _)| name).collect();
+        assert_eq!(rest, ["etc/ssl/certs/ca-certificates.crt"]);
     }
 
     #[test]
