@@ -706,11 +706,16 @@ impl WarmBuilds {
     }
 
     /// Removes what was prepared for a push that did not use it (refused, a Dockerfile
-    /// build, a client gone): dropping the job removes its container, and the workspace
-    /// its directory.
-    pub fn discard(&self, push_id: &str) {
-        if let Some(creating) = self.lock().remove(push_id) {
-            tokio::spawn(async move { drop(creating.await) });
+    /// build, a client gone): its container, then its workspace.
+    pub async fn discard(&self, push_id: &str) {
+        let Some(creating) = self.lock().remove(push_id) else {
+            return;
+        };
+        if let Ok(Some(WarmBuild { workspace, job })) = creating.await {
+            if let Err(error) = job.remove().await {
+                tracing::warn!(%error, "cannot remove an unused build container");
+            }
+            drop(workspace);
         }
     }
 

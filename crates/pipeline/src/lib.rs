@@ -274,8 +274,8 @@ impl PushRunner for Pipeline {
         self.warm_up(app, push_id);
     }
 
-    fn forget(&self, push_id: &str) {
-        self.warm.discard(push_id);
+    async fn forget(&self, push_id: &str) {
+        self.warm.discard(push_id).await;
     }
 
     async fn run(&self, push: Push, out: Output, cancel: CancellationToken) -> Verdict {

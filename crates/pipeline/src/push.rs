@@ -41,8 +41,8 @@ pub trait PushRunner: Send + Sync + std::fmt::Debug {
     fn expect(&self, _app: &AppName, _push_id: &str) {}
 
     /// The push `push_id` is over: what [`PushRunner::expect`] prepared and the run did
-    /// not use is discarded.
-    fn forget(&self, _push_id: &str) {}
+    /// not use is removed before this returns (so before the client learns the outcome).
+    async fn forget(&self, _push_id: &str) {}
 }
 
 /// Where a push's progress goes: the client's terminal, as `remote:` lines.

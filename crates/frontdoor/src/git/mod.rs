@@ -277,7 +277,7 @@ impl GitServer {
         .await;
         self.pending.remove(&push_id);
         if let Some(runner) = &self.runner {
-            runner.forget(&push_id);
+            runner.forget(&push_id).await;
         }
         if piped.status != 0 {
             // The app is still locked: a quarantine left now is this push's.
