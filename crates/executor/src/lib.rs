@@ -234,13 +234,7 @@ impl Engine {
             .create_container(None, body)
             .await
             .map_err(|e| format!("cannot create a probe container: {e}"))?;
-        let container = Box::new(BuildContainer {
-            docker: self.docker.clone(),
-            id: created.id,
-            removed: false,
-            shared: None,
-            uploaded_cache: Default::default(),
-        });
+        let container = Box::new(BuildContainer::new(self.docker.clone(), created.id, None));
         let ran = async {
             container.start().await?;
             container.wait().await
@@ -320,13 +314,7 @@ impl Engine {
             .create_container(None, body)
             .await
             .map_err(api("creating a container to read the stack image"))?;
-        let container = BuildContainer {
-            docker: self.docker.clone(),
-            id: created.id,
-            removed: false,
-            shared: None,
-            uploaded_cache: Default::default(),
-        };
+        let container = BuildContainer::new(self.docker.clone(), created.id, None);
         let archive: Result<Vec<Bytes>, io::Error> = container.download(path).try_collect().await;
         Box::new(container).remove().await?;
         let archive = match archive {
@@ -474,13 +462,11 @@ impl Executor for Engine {
             .create_container(None, body)
             .await
             .map_err(api("creating the build container"))?;
-        Ok(Box::new(BuildContainer {
-            docker: self.docker.clone(),
-            id: created.id,
-            removed: false,
+        Ok(Box::new(BuildContainer::new(
+            self.docker.clone(),
+            created.id,
             shared,
-            uploaded_cache: Default::default(),
-        }))
+        )))
     }
 
     async fn ping(&self) -> Result<(), EngineError> {
@@ -620,6 +606,16 @@ impl Job for BuildContainer {
 }
 
 impl BuildContainer {
+    fn new(docker: Docker, id: String, shared: Option<shared::SharedDirs>) -> BuildContainer {
+        BuildContainer {
+            docker,
+            id,
+            removed: false,
+            shared,
+            uploaded_cache: Default::default(),
+        }
+    }
+
     async fn upload_to_engine(&self, tar: ByteStream) -> Result<(), EngineError> {
         let options = UploadToContainerOptionsBuilder::new().path("/").build();
         self.docker
