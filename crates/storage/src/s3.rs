@@ -336,7 +336,10 @@ impl S3Store {
         let mut part = first_part;
         let mut carried = Some(next_byte);
         for part_number in 1..=MAX_PARTS {
-            let Part { data, _buffer: buffer } = part;
+            let Part {
+                data,
+                _buffer: buffer,
+            } = part;
             written += data.len() as u64;
             let request = self
                 .client
