@@ -421,8 +421,12 @@ impl Pipeline {
         BuildContainerSpec {
             image: self.settings.stack_image.clone(),
             cmd: if start_early {
+                // Polls often for the first second (a small push's pack has arrived by
+                // then), then ten times a second, so a long receive costs next to nothing.
                 let wait = format!(
-                    "until [ -e {GO_SIGNAL} ]; do sleep 0.005; done; exec /bin/bash {}",
+                    "n=0; until [ -e {GO_SIGNAL} ]; do \
+                     if [ $n -lt 200 ]; then n=$((n+1)); sleep 0.005; else sleep 0.1; fi; \
+                     done; exec /bin/bash {}",
                     input::DRIVER
                 );
                 vec!["/bin/sh".into(), "-c".into(), wait]
