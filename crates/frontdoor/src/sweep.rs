@@ -2,7 +2,7 @@
 //! data dir. It runs before the listeners open, so nothing it removes can belong to a live
 //! push of this builder (one builder per data dir: the hook socket already assumes it).
 //!
-//! Per-app push locks are not here on purpose: they live in memory only (`git::lock`), so a
+//! Per-app push locks are not here on purpose: they live in memory only (`admission::lock`), so a
 //! crash cannot leave one behind.
 
 use std::io;

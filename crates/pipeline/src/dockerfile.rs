@@ -15,7 +15,7 @@ use deis_controller::Artifact;
 use super::{blocking_writer, input, BuildError, Built, CreatedTag, Pipeline, RollbackJournal};
 use crate::push::{Output, Push};
 use crate::settings::RegistrySettings;
-use deis_executor::{EngineError, ImageBuild, RegistryAuth, RegistryTag};
+use deis_executor::{EngineError, ImageBuild, RegistryAuth};
 use deis_slug::tar_writer::TarWriter;
 use deis_slug::{self as slug, ProcessTypes, SlugIgnore};
 
@@ -128,17 +128,13 @@ impl Pipeline {
         let reference = format!("{repository}:{tag}");
         out.step(format!("Pushing {reference}")).await;
         let auth = registry_auth(registry);
-        // Recorded before the push: a push that fails half-way may still have put the
-        // manifest (the last step), and rolling back an absent tag is a no-op.
-        journal.image(CreatedTag {
+        journal.image(CreatedTag::in_registry(
             reference,
-            registry: Some(RegistryTag {
-                host: registry.host.clone(),
-                auth: auth.clone(),
-                name: push.app.to_string(),
-                tag: tag.to_owned(),
-            }),
-        });
+            registry,
+            auth.clone(),
+            &push.app,
+            tag,
+        ));
         let timeout = self.settings.timeout;
         match times
             .time(

@@ -10,7 +10,7 @@ use super::timing::{millis, Stage, StageTimes};
 use super::{BuildError, CreatedTag, Pipeline, RollbackJournal};
 use crate::push::Output;
 use deis_controller::{Artifact, ReleaseRequest};
-use deis_executor::{RegistryAuth, RegistryTag};
+use deis_executor::RegistryAuth;
 use deis_slug::ProcessTypes;
 use deis_types::names::{AppName, ImageRef};
 
@@ -215,16 +215,13 @@ impl Pipeline {
         };
         let auth = registry_auth(registry);
         if !tagged.in_registry {
-            // Before the push: one stopped half-way may still have put the manifest.
-            journal.image(CreatedTag {
-                reference: tagged.reference.clone(),
-                registry: Some(RegistryTag {
-                    host: registry.host.clone(),
-                    auth: auth.clone(),
-                    name: app.to_string(),
-                    tag: tagged.tag.clone(),
-                }),
-            });
+            journal.image(CreatedTag::in_registry(
+                tagged.reference.clone(),
+                registry,
+                auth.clone(),
+                app,
+                &tagged.tag,
+            ));
         }
         out.step(format!("Pushing {}", tagged.reference)).await;
         times

@@ -538,6 +538,29 @@ pub(crate) struct CreatedTag {
     pub registry: Option<RegistryTag>,
 }
 
+impl CreatedTag {
+    /// `reference`, local and as `app:tag` in `registry`: recorded before the push, since
+    /// one stopped half-way may still have put the manifest (the last step), and rolling
+    /// back an absent tag is a no-op.
+    pub(crate) fn in_registry(
+        reference: String,
+        registry: &crate::settings::RegistrySettings,
+        auth: Option<deis_executor::RegistryAuth>,
+        app: &AppName,
+        tag: &str,
+    ) -> CreatedTag {
+        CreatedTag {
+            reference,
+            registry: Some(RegistryTag {
+                host: registry.host.clone(),
+                auth,
+                name: app.to_string(),
+                tag: tag.to_owned(),
+            }),
+        }
+    }
+}
+
 impl RollbackJournal {
     fn new(store: Arc<dyn ObjectStore>, images: Arc<dyn Images>) -> RollbackJournal {
         RollbackJournal {
