@@ -18,7 +18,7 @@ use crate::settings::{BuildSettings, EgressSettings, RegistrySettings};
 use crate::source::Source;
 use deis_controller::{AppConfig, User};
 use deis_executor::fake::{FakeBuild, FakeExecutor, FakeImages, FakeRun, Removal};
-use deis_storage::{Body, LocalStore, ObjectReader};
+use deis_storage::{Body, LocalStore, ObjectReader, Version};
 use deis_types::names::CommitId;
 
 #[test]
@@ -163,6 +163,23 @@ impl ObjectStore for FailingStore {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.inner.delete(key).await
+    }
+
+    async fn read_record(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StorageError> {
+        self.inner.read_record(key).await
+    }
+
+    async fn create_record(&self, key: &str, data: &[u8]) -> Result<Version, StorageError> {
+        self.inner.create_record(key, data).await
+    }
+
+    async fn replace_record(
+        &self,
+        key: &str,
+        data: &[u8],
+        expected: &Version,
+    ) -> Result<Version, StorageError> {
+        self.inner.replace_record(key, data, expected).await
     }
 
     async fn check(&self) -> Result<(), StorageError> {
