@@ -28,7 +28,10 @@ const CLEANUP_GRACE: Duration = Duration::from_secs(15);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let data_dir = create_data_dir(&settings)?;
+    let _data_dir_lock = crate::replica::lock_data_dir(&data_dir)?;
+    let builder_id = crate::replica::builder_id(&data_dir)?;
     let (controller, store, engine) = services(&settings, &data_dir).await?;
+    let leases = crate::replica::leases(&settings, &store, &builder_id);
     let stack = Stack::inspect(&engine, &settings.build)
         .await
         .context("stack")?;
@@ -42,6 +45,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         engine
     };
     let default_key = settings.host_keys == [settings.data_dir.join("ssh_host_ed25519_key")];
+    if default_key && leases.is_some() && !settings.host_keys[0].exists() {
+        tracing::warn!(
+            path = %settings.host_keys[0].display(),
+            "generating an SSH host key of this builder's own while the storage is shared: \
+             replicas behind one address need the same host keys (--host-key), or clients \
+             see the host key change"
+        );
+    }
     let host_keys = deis_frontdoor::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
     let listeners = Listeners::bind(&settings, &data_dir).await?;
 
@@ -58,7 +69,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // grace period is over.
     let shutdown = Shutdown::default();
     let limits = &settings.limits;
-    let admission = Admission::new(limits.max_builds, shutdown.clone());
+    let mut admission = Admission::new(limits.max_builds, shutdown.clone());
+    if let Some(leases) = &leases {
+        admission = admission.with_leases(leases.clone());
+    }
     let exe = std::env::current_exe().context("cannot locate own executable")?;
     let git = GitServer::new(
         data_dir.join("repos"),
@@ -77,6 +91,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         http = %listeners.http.local_addr()?,
         controller = %controller.describe(),
         storage = %store.describe(),
+        builder_id = %builder_id,
+        leases = leases.is_some(),
         stack_image = %settings.build.stack_image,
         stack = %stack.name,
         build_network = %settings.build.network,
@@ -93,6 +109,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let health = crate::http::Health {
         store,
+        leases,
         engine: engine.clone(),
         controller,
         ssh_listening: Arc::new(AtomicBool::new(true)),
@@ -383,7 +400,7 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
     });
     // Nothing cancels a one-off import but its --build-timeout.
     let result = pipeline
-        .import(&request, &out, &CancellationToken::new())
+        .import(&request, None, &out, &CancellationToken::new())
         .await;
     drop(out);
     let _ = printer.await;

@@ -158,9 +158,7 @@ impl Shared {
         let sent = Instant::now();
         let next = state.record.renewed();
         let data = next.to_bytes();
-        let written = self
-            .store
-            .replace_record(&self.key, &data, &state.version);
+        let written = self.store.replace_record(&self.key, &data, &state.version);
         match tokio::time::timeout(self.ttl / 3, written).await {
             Ok(Ok(version)) => {
                 state.record = next;
@@ -230,7 +228,10 @@ impl Shared {
         }
         let released = state.record.released().to_bytes();
         match self
-            .call(self.store.replace_record(&self.key, &released, &state.version))
+            .call(
+                self.store
+                    .replace_record(&self.key, &released, &state.version),
+            )
             .await
         {
             Ok(_) => tracing::debug!(app = %self.app, "released the app's lease"),

@@ -51,7 +51,9 @@ struct Inner {
 pub enum Attempt {
     Held(Lease),
     /// Another builder holds the app (its id).
-    Busy { builder: String },
+    Busy {
+        builder: String,
+    },
 }
 
 /// What a waiter may do with a lease it found.

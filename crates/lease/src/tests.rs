@@ -142,7 +142,10 @@ async fn a_holder_cut_from_the_store_loses_the_lease_before_anyone_takes_it_over
     assert!(lost.is_cancelled());
     assert!(cut_at.elapsed() >= TTL);
     let refused = held.confirm().await.unwrap_err();
-    assert!(refused.to_string().contains("lost its lease on web"), "{refused}");
+    assert!(
+        refused.to_string().contains("lost its lease on web"),
+        "{refused}"
+    );
     // Its link back, the old holder learns who has the app now and writes nothing.
     link.cut.store(false, Ordering::SeqCst);
     drop(held);

@@ -116,7 +116,10 @@ pub async fn records_are_conditional(store: &dyn crate::ObjectStore) {
 
     store.delete(key).await.unwrap();
     let gone = store.replace_record(key, b"four", &second).await;
-    assert!(matches!(gone, Err(StorageError::Conflict { .. })), "{gone:?}");
+    assert!(
+        matches!(gone, Err(StorageError::Conflict { .. })),
+        "{gone:?}"
+    );
     assert!(store.read_record(key).await.unwrap().is_none());
 
     let big = vec![b'x'; crate::MAX_RECORD_BYTES + 1];

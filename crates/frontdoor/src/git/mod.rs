@@ -314,17 +314,20 @@ impl GitServer {
         let busy = |waited: &str| {
             format!("another push to {app} is in progress{waited}; try again when it has finished")
         };
-        let refusal = match self.admission.try_lock(app) {
+        let refusal = match self.admission.try_lock(app).await {
             Ok(lock) => return Some(lock),
-            Err(Refusal::Busy) if !wait.is_zero() => {
+            Err(Refusal::Busy { builder }) if !wait.is_zero() => {
                 let shown = deis_types::units::format_duration(wait);
+                let on = builder
+                    .map(|id| format!(" (on builder {id})"))
+                    .unwrap_or_default();
                 let msg = format!(
-                    "-----> Another push to {app} is in progress; waiting up to {shown} for it to finish\n"
+                    "-----> Another push to {app} is in progress{on}; waiting up to {shown} for it to finish\n"
                 );
                 client.stderr(Bytes::from(msg)).await;
                 match self.admission.lock(app, wait, cancel).await {
                     Ok(lock) => return Some(lock),
-                    Err(Refusal::Busy) => {
+                    Err(Refusal::Busy { .. }) => {
                         let waited = format!(" (waited {shown})");
                         client.stdout(pkt_line_error(&busy(&waited))).await;
                         return None;
@@ -335,7 +338,10 @@ impl GitServer {
             Err(refusal) => refusal,
         };
         let message = match refusal {
-            Refusal::Busy => busy(""),
+            Refusal::Busy { .. } => busy(""),
+            Refusal::Unavailable(error) => {
+                format!("cannot take {app}'s lease in the shared store, so nothing was started: {error}")
+            }
             Refusal::Draining => RESTARTING.to_owned(),
             Refusal::Gone => return None,
         };
