@@ -93,4 +93,16 @@ impl S3 {
         });
         path
     }
+
+    /// Deletes every object of `bucket`, then the bucket (tests clean up what they made).
+    pub fn remove_bucket(&self, bucket: &str) {
+        for key in self.keys(bucket) {
+            self.runtime
+                .block_on(self.client.delete_object().bucket(bucket).key(&key).send())
+                .unwrap();
+        }
+        self.runtime
+            .block_on(self.client.delete_bucket().bucket(bucket).send())
+            .unwrap();
+    }
 }

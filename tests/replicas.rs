@@ -1,0 +1,184 @@
+//! Several builders sharing one S3 bucket and one controller (the double), through real
+//! git + OpenSSH: one push of an app at a time across all of them, and an app whose
+//! builder died or lost the store is free again within the lease TTL.
+
+mod util;
+
+use std::time::Duration;
+
+use deis_controller_double::{ControllerDouble, DoubleUser};
+use util::proxy::{Fault, FaultProxy};
+use util::*;
+
+const BUILDER_KEY: &str = "replicas-builder-key";
+/// Short, so takeovers happen within a test's patience (the default is 30s).
+const LEASE_TTL: &str = "6s";
+
+/// The world of one test: a controller double, a bucket, a developer owning `apps`.
+struct Cluster {
+    _runtime: tokio::runtime::Runtime,
+    double: ControllerDouble,
+    bucket: String,
+    key: Key,
+}
+
+impl Cluster {
+    fn new(apps: &[&str]) -> Cluster {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let double = runtime.block_on(ControllerDouble::start(BUILDER_KEY));
+        let key = Key::generate("ed25519", "dev");
+        double.add_user(DoubleUser {
+            username: "dev".into(),
+            fingerprint: key.fingerprint.clone(),
+            apps: apps.iter().map(|a| a.to_string()).collect(),
+        });
+        Cluster {
+            _runtime: runtime,
+            double,
+            bucket: unique("replicas"),
+            key,
+        }
+    }
+
+    /// A builder on the shared bucket, reaching S3 at `s3` (the server, or a proxy).
+    fn replica_via(&self, s3: &str) -> Builder {
+        Builder::start(BuilderOptions {
+            controller: ControllerMode::Deis {
+                url: self.double.url(),
+                key: BUILDER_KEY.into(),
+            },
+            extra_args: vec![
+                "--storage".into(),
+                format!("s3://{}", self.bucket),
+                "--s3-endpoint".into(),
+                s3.to_owned(),
+                "--lease-ttl".into(),
+                LEASE_TTL.into(),
+            ],
+            ..Default::default()
+        })
+    }
+
+    fn replica(&self) -> Builder {
+        self.replica_via(&s3_endpoint())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        S3::connect().remove_bucket(&self.bucket);
+    }
+}
+
+fn builder_id(builder: &Builder) -> String {
+    std::fs::read_to_string(builder.data_dir.path().join("builder-id")).unwrap()
+}
+
+fn metric(builder: &Builder, name: &str) -> f64 {
+    let (_, body) = http_get(builder.http_port, "/metrics").expect("GET /metrics");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&format!("deis_builder_{name} ")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Acceptance 2: two pushes of one app at once through two replicas: the second waits,
+/// naming the builder running the first, then deploys; neither is lost.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn two_pushes_of_one_app_through_two_replicas_take_turns() {
+    require_services!();
+    let name = unique("turns");
+    let cluster = Cluster::new(&[&name]);
+    let (one, two) = (cluster.replica(), cluster.replica());
+    let app = App::from_fixture("procfile-wait");
+
+    let first = app.push_held(&one, &name, &cluster.key);
+    let mut second = app.push_live(&two, &name, &cluster.key);
+    second.wait_for(&format!(
+        "Another push to {name} is in progress (on builder {}); waiting up to 5m",
+        builder_id(&one)
+    ));
+    // Only the first push builds.
+    assert_eq!(running_containers_of(&name).len(), 1);
+    assert_eq!(metric(&one, "leases_held"), 1.0);
+
+    release_waiting_build(&name);
+    first.finish().assert_ok().assert_says("deployed");
+    second.wait_for("waiting for /tmp/continue");
+    release_waiting_build(&name);
+    second.finish().assert_ok().assert_says("deployed");
+
+    assert_eq!(cluster.double.builds().len(), 2);
+    assert_eq!(cluster.double.last_version(&name), 2);
+    assert_eq!(metric(&one, "leases_held"), 0.0);
+    assert_eq!(metric(&two, "leases_taken_over_total"), 0.0);
+    assert!(containers_of(&name).is_empty());
+}
+
+/// Acceptance 3: the replica holding an app's lease is SIGKILLed mid-build: its restart
+/// sweeps the container, and a push through another replica takes the lease over once it
+/// has not been renewed for the TTL, and deploys.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn a_killed_holder_frees_the_app_within_the_lease_ttl() {
+    require_services!();
+    let name = unique("killed");
+    let cluster = Cluster::new(&[&name]);
+    let (mut one, two) = (cluster.replica(), cluster.replica());
+    let killed_id = builder_id(&one);
+
+    let held = App::from_fixture("procfile-wait").push_held(&one, &name, &cluster.key);
+    one.crash_and_restart();
+    held.finish().assert_rejected();
+    // The restart swept what the killed run left; nothing was released.
+    assert!(containers_of(&name).is_empty());
+    assert!(cluster.double.builds().is_empty());
+
+    App::from_fixture("static-site")
+        .push(&two, &name, &cluster.key)
+        .assert_ok()
+        .assert_says(&format!(
+            "Another push to {name} is in progress (on builder {killed_id})"
+        ))
+        .assert_says(&format!("Done, {name}:v1 deployed"));
+    assert_eq!(metric(&two, "leases_taken_over_total"), 1.0);
+    assert!(two
+        .log()
+        .contains("took over a lease not renewed within its TTL"));
+    assert_eq!(cluster.double.builds().len(), 1);
+}
+
+/// Acceptance 4: a replica whose link to the store is cut while it holds a lease stops
+/// its build before the release and rejects the push saying why; another replica then
+/// takes the app over and deploys it.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn a_replica_cut_from_the_store_stops_before_the_release() {
+    require_services!();
+    let name = unique("cut");
+    let cluster = Cluster::new(&[&name]);
+    let proxy = FaultProxy::for_url(&s3_endpoint());
+    let (one, two) = (cluster.replica_via(&proxy.url()), cluster.replica());
+
+    let held = App::from_fixture("procfile-wait").push_held(&one, &name, &cluster.key);
+    proxy.set(Fault::Refuse);
+    held.finish()
+        .assert_rejected()
+        .assert_says(&format!(
+            " !     Build failed: stopped before the release, nothing was deployed: this builder lost its lease on {name}: not renewed for"
+        ));
+    assert!(cluster.double.builds().is_empty());
+    assert_eq!(metric(&one, "leases_lost_total"), 1.0);
+    let (status, body) = http_get(one.http_port, "/readiness").expect("GET /readiness");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"leases\":\"error: "), "{body}");
+    assert!(eventually(Duration::from_secs(30), || containers_of(&name).is_empty()));
+
+    App::from_fixture("static-site")
+        .push(&two, &name, &cluster.key)
+        .assert_ok()
+        .assert_says(&format!("Done, {name}:v1 deployed"));
+    assert_eq!(cluster.double.builds().len(), 1);
+    proxy.set(Fault::None);
+}
