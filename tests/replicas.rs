@@ -4,6 +4,7 @@
 
 mod util;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deis_controller_double::{ControllerDouble, DoubleUser};
@@ -42,6 +43,10 @@ impl Cluster {
 
     /// A builder on the shared bucket, reaching S3 at `s3` (the server, or a proxy).
     fn replica_via(&self, s3: &str) -> Builder {
+        self.replica_with(s3, &[])
+    }
+
+    fn replica_with(&self, s3: &str, args: &[&str]) -> Builder {
         Builder::start(BuilderOptions {
             controller: ControllerMode::Deis {
                 url: self.double.url(),
@@ -54,7 +59,10 @@ impl Cluster {
                 s3.to_owned(),
                 "--lease-ttl".into(),
                 LEASE_TTL.into(),
-            ],
+            ]
+            .into_iter()
+            .chain(args.iter().map(|arg| arg.to_string()))
+            .collect(),
             ..Default::default()
         })
     }
@@ -80,6 +88,100 @@ fn metric(builder: &Builder, name: &str) -> f64 {
         .find_map(|line| line.strip_prefix(&format!("deis_builder_{name} ")))
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Each push's first and last event, by app: `(start, end)` timestamps (RFC 3339 in UTC
+/// with a fixed number of digits, so they compare as strings), from JSON logs.
+fn builds_by_app(builders: &[Builder]) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut pushes: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+    for builder in builders {
+        for line in builder.log().lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let spans = event["spans"].as_array().cloned().unwrap_or_default();
+            let Some(push) = spans.iter().find(|span| span["name"] == "push") else {
+                continue;
+            };
+            let (Some(app), Some(id), Some(at)) = (
+                push["app"].as_str(),
+                push["push_id"].as_str(),
+                event["timestamp"].as_str(),
+            ) else {
+                continue;
+            };
+            let at = at.to_owned();
+            pushes
+                .entry((app.to_owned(), id.to_owned()))
+                .and_modify(|(start, end)| {
+                    *start = start.clone().min(at.clone());
+                    *end = end.clone().max(at.clone());
+                })
+                .or_insert((at.clone(), at));
+        }
+    }
+    let mut by_app: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for ((app, _), span) in pushes {
+        by_app.entry(app).or_default().push(span);
+    }
+    for spans in by_app.values_mut() {
+        spans.sort();
+    }
+    by_app
+}
+
+/// Acceptance 1 (with the controller double): 30 pushes of 10 apps spread over three
+/// replicas, each app's three pushes sent at once to the three of them: every push
+/// deploys, an app's builds never overlap, and its versions are 1, 2, 3.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn thirty_pushes_of_ten_apps_over_three_replicas() {
+    require_services!();
+    let names: Vec<String> = (0..10).map(|i| unique(&format!("many{i}"))).collect();
+    let cluster = Cluster::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    let json = ["--log-format", "json"];
+    let replicas: Vec<Builder> = (0..3)
+        .map(|_| cluster.replica_with(&s3_endpoint(), &json))
+        .collect();
+    // Each app gets three commits; push i sends commit i to replica i (whose copy of the
+    // app is empty, so any of them is accepted in any order).
+    let apps: Vec<(App, Vec<String>)> = names
+        .iter()
+        .map(|_| {
+            let app = App::from_fixture("static-site");
+            let commits = (0..3)
+                .map(|i| app.commit_file("push.txt", &format!("push {i}\n")))
+                .collect();
+            (app, commits)
+        })
+        .collect();
+    // Two apps at a time: six pushes at once.
+    for pair in names.iter().zip(&apps).collect::<Vec<_>>().chunks(2) {
+        std::thread::scope(|scope| {
+            for (name, (app, commits)) in pair {
+                for (replica, commit) in replicas.iter().zip(commits) {
+                    let key = &cluster.key;
+                    scope.spawn(move || {
+                        let refspec = format!("{commit}:refs/heads/master");
+                        app.push_ref(replica, name, key, &refspec)
+                            .assert_ok()
+                            .assert_says("deployed");
+                    });
+                }
+            }
+        });
+    }
+
+    let builds = builds_by_app(&replicas);
+    for name in &names {
+        assert_eq!(cluster.double.last_version(name), 3, "{name}");
+        let spans = &builds[name];
+        assert_eq!(spans.len(), 3, "{name}: {spans:?}");
+        for pair in spans.windows(2) {
+            assert!(pair[0].1 < pair[1].0, "{name}: builds overlap: {spans:?}");
+        }
+    }
+    assert_eq!(cluster.double.builds().len(), 30);
 }
 
 /// Acceptance 2: two pushes of one app at once through two replicas: the second waits,
