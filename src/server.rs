@@ -347,8 +347,8 @@ async fn services(
     settings: &Settings,
     data_dir: &Path,
 ) -> anyhow::Result<(Arc<dyn Controller>, Arc<dyn ObjectStore>, Engine)> {
-    let controller = controller(settings, data_dir)?;
     let store = store(settings).await?;
+    let controller = controller(settings, data_dir, &store).await?;
     let engine = Engine::connect(
         instance_id(data_dir),
         settings.build.timeout + Duration::from_secs(600),
@@ -407,12 +407,37 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
     Ok(result?.version)
 }
 
-fn controller(settings: &Settings, data_dir: &Path) -> anyhow::Result<Arc<dyn Controller>> {
+/// The controller; a standalone one keeps its state in the store when that is shared
+/// (S3), after moving this data dir's state there (once: the move skips what is there).
+async fn controller(
+    settings: &Settings,
+    data_dir: &Path,
+    store: &Arc<dyn ObjectStore>,
+) -> anyhow::Result<Arc<dyn Controller>> {
     Ok(match &settings.controller {
-        ControllerSettings::Standalone { authorized_keys } => Arc::new(StandaloneController::new(
-            data_dir.to_owned(),
-            authorized_keys.clone(),
-        )),
+        ControllerSettings::Standalone { authorized_keys } => {
+            let standalone =
+                StandaloneController::new(data_dir.to_owned(), authorized_keys.clone());
+            if !matches!(settings.storage, StorageSettings::S3 { .. }) {
+                return Ok(Arc::new(standalone));
+            }
+            let state = crate::replica::StandaloneState(store.clone());
+            let standalone = standalone.in_store(Arc::new(state));
+            let moved = standalone
+                .move_into_store()
+                .await
+                .context("moving the standalone controller's state into the store")?;
+            if moved != Default::default() {
+                tracing::warn!(
+                    authorized_keys = moved.authorized_keys,
+                    configs = moved.configs,
+                    releases = moved.releases,
+                    "moved the standalone controller's state from the data dir into the store; \
+                     the store's copy is used from now on"
+                );
+            }
+            Arc::new(standalone)
+        }
         ControllerSettings::Deis {
             url,
             builder_key,

@@ -21,6 +21,8 @@ struct Cluster {
     double: ControllerDouble,
     bucket: String,
     key: Key,
+    /// The replicas run the standalone controller (its state in the bucket), not the double.
+    standalone: bool,
 }
 
 impl Cluster {
@@ -38,7 +40,15 @@ impl Cluster {
             double,
             bucket: unique("replicas"),
             key,
+            standalone: false,
         }
+    }
+
+    /// Replicas with the standalone controller (authorize the developer through one).
+    fn standalone() -> Cluster {
+        let mut cluster = Cluster::new(&[]);
+        cluster.standalone = true;
+        cluster
     }
 
     /// A builder on the shared bucket, reaching S3 at `s3` (the server, or a proxy).
@@ -48,9 +58,13 @@ impl Cluster {
 
     fn replica_with(&self, s3: &str, args: &[&str]) -> Builder {
         Builder::start(BuilderOptions {
-            controller: ControllerMode::Deis {
-                url: self.double.url(),
-                key: BUILDER_KEY.into(),
+            controller: if self.standalone {
+                ControllerMode::Standalone
+            } else {
+                ControllerMode::Deis {
+                    url: self.double.url(),
+                    key: BUILDER_KEY.into(),
+                }
             },
             extra_args: vec![
                 "--storage".into(),
@@ -130,19 +144,18 @@ fn builds_by_app(builders: &[Builder]) -> BTreeMap<String, Vec<(String, String)>
     by_app
 }
 
-/// Acceptance 1 (with the controller double): 30 pushes of 10 apps spread over three
-/// replicas, each app's three pushes sent at once to the three of them: every push
-/// deploys, an app's builds never overlap, and its versions are 1, 2, 3.
-#[test]
-#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
-fn thirty_pushes_of_ten_apps_over_three_replicas() {
-    require_services!();
-    let names: Vec<String> = (0..10).map(|i| unique(&format!("many{i}"))).collect();
-    let cluster = Cluster::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+/// 30 pushes of 10 apps spread over three replicas, each app's three pushes sent at once
+/// to the three of them, six pushes at once: every push deploys and no app's builds
+/// overlap. Returns the replicas.
+fn thirty_pushes_over_three_replicas(cluster: &Cluster, names: &[String]) -> Vec<Builder> {
     let json = ["--log-format", "json"];
     let replicas: Vec<Builder> = (0..3)
         .map(|_| cluster.replica_with(&s3_endpoint(), &json))
         .collect();
+    if cluster.standalone {
+        // Into the bucket, where every replica reads its users.
+        replicas[0].authorize(&cluster.key);
+    }
     // Each app gets three commits; push i sends commit i to replica i (whose copy of the
     // app is empty, so any of them is accepted in any order).
     let apps: Vec<(App, Vec<String>)> = names
@@ -171,17 +184,51 @@ fn thirty_pushes_of_ten_apps_over_three_replicas() {
             }
         });
     }
-
     let builds = builds_by_app(&replicas);
-    for name in &names {
-        assert_eq!(cluster.double.last_version(name), 3, "{name}");
+    for name in names {
         let spans = &builds[name];
         assert_eq!(spans.len(), 3, "{name}: {spans:?}");
         for pair in spans.windows(2) {
             assert!(pair[0].1 < pair[1].0, "{name}: builds overlap: {spans:?}");
         }
     }
+    replicas
+}
+
+fn ten_apps() -> Vec<String> {
+    (0..10).map(|i| unique(&format!("many{i}"))).collect()
+}
+
+/// Acceptance 1 with the controller double: every app's versions are 1, 2, 3.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn thirty_pushes_of_ten_apps_over_three_replicas() {
+    require_services!();
+    let names = ten_apps();
+    let cluster = Cluster::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    thirty_pushes_over_three_replicas(&cluster, &names);
+    for name in &names {
+        assert_eq!(cluster.double.last_version(name), 3, "{name}");
+    }
     assert_eq!(cluster.double.builds().len(), 30);
+}
+
+/// Acceptance 1 with the standalone controller on S3: the replicas share its state in
+/// the bucket, and every app's releases are v1, v2, v3: unique, no gap.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn thirty_pushes_over_three_standalone_replicas_number_releases_without_gaps() {
+    require_services!();
+    let names = ten_apps();
+    let cluster = Cluster::standalone();
+    let replicas = thirty_pushes_over_three_replicas(&cluster, &names);
+    for name in &names {
+        assert_eq!(
+            replicas[0].releases(name),
+            ["v1.json", "v2.json", "v3.json"],
+            "{name}"
+        );
+    }
 }
 
 /// Acceptance 2: two pushes of one app at once through two replicas: the second waits,

@@ -105,4 +105,32 @@ impl S3 {
             .block_on(self.client.delete_bucket().bucket(bucket).send())
             .unwrap();
     }
+
+    pub fn put(&self, bucket: &str, key: &str, data: Vec<u8>) {
+        self.runtime
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(data.into())
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    /// The object's bytes; `None` when absent.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.runtime.block_on(async {
+            let object = self
+                .client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .ok()?;
+            Some(object.body.collect().await.unwrap().to_vec())
+        })
+    }
 }

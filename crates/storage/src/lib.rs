@@ -27,6 +27,11 @@ pub type ObjectReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 pub struct Version(String);
 
 impl Version {
+    /// A version as read back from somewhere it was kept as text.
+    pub fn new(version: String) -> Version {
+        Version(version)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
