@@ -286,6 +286,7 @@ fn limit_settings(args: &ServeArgs) -> Result<LimitSettings, ConfigError> {
             }
             ttl => ttl,
         },
+        repo_restore_max_bytes: parse_size("--repo-restore-max", &args.repo_restore_max, 0)?,
     })
 }
 

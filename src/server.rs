@@ -85,6 +85,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         lock_wait: limits.lock_wait,
     })
     .with_runner(pipeline.clone());
+    let git = match &leases {
+        Some(_) => git.with_saved_repos(deis_frontdoor::git::SavedRepos::new(
+            store.clone(),
+            limits.repo_restore_max_bytes,
+        )),
+        None => git,
+    };
 
     tracing::info!(
         ssh = %deis_frontdoor::ssh::describe_listener(listeners.ssh.local_addr()?),

@@ -331,3 +331,46 @@ fn a_replica_cut_from_the_store_stops_before_the_release() {
     assert_eq!(cluster.double.builds().len(), 1);
     proxy.set(Fault::None);
 }
+
+/// Acceptance 5: a builder with an empty data dir brings its copy of a 50 MB repository up
+/// to date from the store before the push, so a one-line change sends under 1 MB.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn a_fresh_replica_restores_the_repository_so_a_small_change_sends_little() {
+    require_services!();
+    let name = unique("bigrepo");
+    let cluster = Cluster::new(&[&name]);
+    let one = cluster.replica();
+    let app = App::from_fixture("static-site");
+    // 50 MB git cannot compress, kept out of the slug.
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let noise: Vec<u8> = (0..50 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(app.dir.path().join("noise.bin"), noise).unwrap();
+    app.commit_file(".slugignore", "noise.bin\n");
+    app.push(&one, &name, &cluster.key).assert_ok();
+    let index = format!("builder/repos/{name}/index.json");
+    let s3 = S3::connect();
+    assert!(eventually(Duration::from_secs(60), || s3
+        .get(&cluster.bucket, &index)
+        .is_some()));
+
+    let fresh = cluster.replica();
+    app.commit_file("index.html", "<h1>one line changed</h1>\n");
+    let before = metric(&fresh, "ssh_received_bytes_total");
+    app.push(&fresh, &name, &cluster.key)
+        .assert_ok()
+        .assert_says(&format!(
+            "Restored {name}'s repository from storage (1 bundle, "
+        ))
+        .assert_says(&format!("Done, {name}:v2 deployed"));
+    let sent = metric(&fresh, "ssh_received_bytes_total") - before;
+    println!("the client sent {sent} bytes through the fresh replica");
+    assert!(sent < 1_048_576.0, "the client sent {sent} bytes");
+}

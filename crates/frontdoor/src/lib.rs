@@ -30,4 +30,7 @@ pub struct LimitSettings {
     /// Replicas on shared storage: an app lease not renewed for this long may be taken
     /// over by another builder.
     pub lease_ttl: Duration,
+    /// Replicas on shared storage: a repository restore of more bytes than this is skipped
+    /// (the push sends the whole history instead).
+    pub repo_restore_max_bytes: u64,
 }
