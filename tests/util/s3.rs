@@ -79,18 +79,10 @@ impl S3 {
     /// Downloads `key` to a file in `dir`.
     pub fn download(&self, bucket: &str, key: &str, dir: &Path) -> PathBuf {
         let path = dir.join(key.replace(['/', ':'], "_"));
-        self.runtime.block_on(async {
-            let object = self
-                .client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .unwrap();
-            let data = object.body.collect().await.unwrap().into_bytes();
-            std::fs::write(&path, &data).unwrap();
-        });
+        let data = self
+            .get(bucket, key)
+            .unwrap_or_else(|| panic!("no {key} in {bucket}"));
+        std::fs::write(&path, data).unwrap();
         path
     }
 

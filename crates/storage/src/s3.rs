@@ -276,6 +276,27 @@ impl S3Store {
         Ok(length)
     }
 
+    /// GetObject; `None` when the key is absent.
+    async fn get_object(
+        &self,
+        operation: &'static str,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StorageError> {
+        validate_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(output)),
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(error) => Err(self.key_error(operation, key, &error)),
+        }
+    }
+
     /// A PutObject of a record under the condition `expected` (`None`: the key must be
     /// free). A refused condition is [`StorageError::Conflict`].
     async fn put_record(
@@ -629,19 +650,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
-        validate_key(key)?;
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(Some(Box::new(output.body.into_async_read()))),
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-            Err(error) => Err(self.key_error("get", key, &error)),
-        }
+        let output = self.get_object("get", key).await?;
+        Ok(output.map(|output| Box::new(output.body.into_async_read()) as ObjectReader))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
@@ -678,20 +688,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn read_record(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StorageError> {
-        validate_key(key)?;
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await;
-        let output = match result {
-            Ok(output) => output,
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                return Ok(None)
-            }
-            Err(error) => return Err(self.key_error("read", key, &error)),
+        let Some(output) = self.get_object("read", key).await? else {
+            return Ok(None);
         };
         let version = Version(output.e_tag().unwrap_or_default().to_owned());
         let mut data = Vec::new();

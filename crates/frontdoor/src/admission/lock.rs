@@ -62,10 +62,14 @@ impl AppLock {
 #[async_trait::async_trait]
 impl Hold for AppLock {
     async fn confirm(&self) -> Result<(), String> {
-        match &self.lease {
-            Some(lease) => lease.confirm().await.map_err(|lost| lost.to_string()),
-            None => Ok(()),
-        }
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        lease.confirm().await.map_err(|lost| lost.to_string())?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(app = %self.app, confirm_ms = ms, "confirmed the app's lease before the release");
+        Ok(())
     }
 }
 

@@ -142,8 +142,11 @@ impl Admission {
         let Some(leases) = &self.leases else {
             return Ok(lock);
         };
+        let started = std::time::Instant::now();
         match leases.try_acquire(app).await {
             Ok(Attempt::Held(lease)) => {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(%app, lease_ms = ms, "took the app's lease");
                 lock.hold(lease);
                 Ok(lock)
             }
