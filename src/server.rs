@@ -25,6 +25,8 @@ use deis_types::names::{AppName, ImageRef};
 
 /// How long cancelled pushes get to clean up after the grace period.
 const CLEANUP_GRACE: Duration = Duration::from_secs(15);
+/// How long the leases let go at shutdown get to be released in the store.
+const LEASE_RELEASE_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let data_dir = create_data_dir(&settings)?;
@@ -116,7 +118,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let health = crate::http::Health {
         store,
-        leases,
+        leases: leases.clone(),
         engine: engine.clone(),
         controller,
         ssh_listening: Arc::new(AtomicBool::new(true)),
@@ -143,6 +145,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     running
         .stop(&shutdown, limits.shutdown_grace, &engine)
         .await;
+    if let Some(leases) = &leases {
+        leases.settle(LEASE_RELEASE_GRACE).await;
+    }
     Ok(())
 }
 

@@ -260,6 +260,13 @@ fn two_pushes_of_one_app_through_two_replicas_take_turns() {
 
     assert_eq!(cluster.double.builds().len(), 2);
     assert_eq!(cluster.double.last_version(&name), 2);
+    let (status, body) = http_get(two.http_port, "/readiness").expect("GET /readiness");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"leases\":\"ok\""), "{body}");
+    // Each generated a host key of its own: clients behind one address would see it change.
+    assert!(one
+        .log()
+        .contains("generating an SSH host key of this builder's own while the storage is shared"));
     assert_eq!(metric(&one, "leases_held"), 0.0);
     assert_eq!(metric(&two, "leases_taken_over_total"), 0.0);
     assert!(containers_of(&name).is_empty());

@@ -52,6 +52,7 @@ struct State {
 
 impl Lease {
     pub(crate) fn start(
+        tasks: &tokio_util::task::TaskTracker,
         store: Arc<dyn ObjectStore>,
         app: &AppName,
         key: String,
@@ -72,7 +73,7 @@ impl Lease {
             lost: CancellationToken::new(),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(keep(shared.clone(), deis_metrics::lease_held()));
+        tasks.spawn(keep(shared.clone(), deis_metrics::lease_held()));
         Lease { shared }
     }
 

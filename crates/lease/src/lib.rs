@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use deis_storage::{ObjectStore, StorageError, Version};
 use deis_types::names::AppName;
@@ -44,6 +45,8 @@ struct Inner {
     /// The version of each app's lease as first seen by this builder, and when: a version
     /// unchanged for a TTL is stale.
     seen: Mutex<HashMap<AppName, (Version, Instant)>>,
+    /// The tasks renewing (then releasing) held leases.
+    holding: TaskTracker,
 }
 
 /// The outcome of one attempt to take an app.
@@ -72,7 +75,22 @@ impl Leases {
                 builder,
                 ttl,
                 seen: Mutex::default(),
+                holding: TaskTracker::new(),
             }),
+        }
+    }
+
+    /// On shutdown, once no push runs: waits up to `limit` for the leases let go to be
+    /// released, so other builders need not wait out the TTL.
+    pub async fn settle(&self, limit: Duration) {
+        self.inner.holding.close();
+        if tokio::time::timeout(limit, self.inner.holding.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "leases still being released at exit: other builders wait out their TTL"
+            );
         }
     }
 
@@ -123,6 +141,7 @@ impl Leases {
                 Ok(version) => {
                     inner.forget(app);
                     let lease = Lease::start(
+                        &inner.holding,
                         inner.store.clone(),
                         app,
                         key,
