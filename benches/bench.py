@@ -960,41 +960,21 @@ def main() -> int:
                 if result:
                     figures.append(result[0])
                     print_figure(result[0])
-        if "5" in only:
-            fig = attempt("#5", lambda: bench_many(ctx, 1 if args.quick else 2, s3))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "6" in only:
-            fig = attempt("#6", lambda: bench_big(ctx, 1, s3))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "7" in only and args.registry:
-            fig = attempt("#7", lambda: bench_dockerfile(ctx, max(runs, 4)))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "8" in only and s3:
-            fig = attempt("#8", lambda: bench_small_push(ctx, max(runs, 5) * 2))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "9" in only and s3:
-            fig = attempt("#9", lambda: bench_beyond_receive(ctx, runs))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "10" in only and s3:
-            fig = attempt("#10", lambda: bench_replicas(ctx, 1))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "11" in only and s3:
-            fig = attempt("#11", lambda: bench_lease_cost(ctx, max(runs, 5) * 2))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
+        optional = [
+            ("5", True, lambda: bench_many(ctx, 1 if args.quick else 2, s3)),
+            ("6", True, lambda: bench_big(ctx, 1, s3)),
+            ("7", bool(args.registry), lambda: bench_dockerfile(ctx, max(runs, 4))),
+            ("8", s3, lambda: bench_small_push(ctx, max(runs, 5) * 2)),
+            ("9", s3, lambda: bench_beyond_receive(ctx, runs)),
+            ("10", s3, lambda: bench_replicas(ctx, 1)),
+            ("11", s3, lambda: bench_lease_cost(ctx, max(runs, 5) * 2)),
+        ]
+        for number, possible, work in optional:
+            if number in only and possible:
+                fig = attempt(f"#{number}", work)
+                if fig:
+                    figures.append(fig)
+                    print_figure(fig)
     finally:
         ctx.cleanup()
     context["load_after"] = load_average()
