@@ -156,8 +156,9 @@ fn thirty_pushes_over_three_replicas(cluster: &Cluster, names: &[String]) -> Vec
         // Into the bucket, where every replica reads its users.
         replicas[0].authorize(&cluster.key);
     }
-    // Each app gets three commits; push i sends commit i to replica i (whose copy of the
-    // app is empty, so any of them is accepted in any order).
+    // Each app gets three commits; push i sends commit i to replica i. They land in any
+    // order, and every replica brings its copy up to date from the store first, so each
+    // push forces master to its commit (as `git push --force deis <commit>:master`).
     let apps: Vec<(App, Vec<String>)> = names
         .iter()
         .map(|_| {
@@ -175,7 +176,7 @@ fn thirty_pushes_over_three_replicas(cluster: &Cluster, names: &[String]) -> Vec
                 for (replica, commit) in replicas.iter().zip(commits) {
                     let key = &cluster.key;
                     scope.spawn(move || {
-                        let refspec = format!("{commit}:refs/heads/master");
+                        let refspec = format!("+{commit}:refs/heads/master");
                         app.push_ref(replica, name, key, &refspec)
                             .assert_ok()
                             .assert_says("deployed");
@@ -243,6 +244,8 @@ fn two_pushes_of_one_app_through_two_replicas_take_turns() {
     let app = App::from_fixture("procfile-wait");
 
     let first = app.push_held(&one, &name, &cluster.key);
+    // The second push brings a commit of its own (it sees the first's once it may run).
+    app.commit_file("second.txt", "second push\n");
     let mut second = app.push_live(&two, &name, &cluster.key);
     second.wait_for(&format!(
         "Another push to {name} is in progress (on builder {}); waiting up to 5m",
@@ -256,7 +259,13 @@ fn two_pushes_of_one_app_through_two_replicas_take_turns() {
     first.finish().assert_ok().assert_says("deployed");
     second.wait_for("waiting for /tmp/continue");
     release_waiting_build(&name);
-    second.finish().assert_ok().assert_says("deployed");
+    second
+        .finish()
+        .assert_ok()
+        .assert_says(&format!(
+            "Restored {name}'s repository from storage (1 bundle"
+        ))
+        .assert_says("deployed");
 
     assert_eq!(cluster.double.builds().len(), 2);
     assert_eq!(cluster.double.last_version(&name), 2);
@@ -291,8 +300,13 @@ fn a_killed_holder_frees_the_app_within_the_lease_ttl() {
     assert!(containers_of(&name).is_empty());
     assert!(cluster.double.builds().is_empty());
 
-    App::from_fixture("static-site")
-        .push(&two, &name, &cluster.key)
+    let started = std::time::Instant::now();
+    let pushed = App::from_fixture("static-site").push(&two, &name, &cluster.key);
+    println!(
+        "deployed through another replica {:.1}s after the kill (lease TTL {LEASE_TTL})",
+        started.elapsed().as_secs_f64()
+    );
+    pushed
         .assert_ok()
         .assert_says(&format!(
             "Another push to {name} is in progress (on builder {killed_id})"
