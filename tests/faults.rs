@@ -825,6 +825,7 @@ fn dockerfile_release_failure_rolls_back_tags_and_tags_are_write_once() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key = Key::generate("ed25519", "dev");
     let name = unique("dtag");
+    let _images = LocalImages(format!("{}/{name}", registry.host()));
     let double = double_for(&runtime, &key, &[&name]);
     let builder = deis_builder(
         &double,
@@ -941,6 +942,9 @@ fn import_release_failure_rolls_back_its_tags() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key = Key::generate("ed25519", "dev");
     let name = unique("imp");
+    // The import pulls the source into the engine and tags it into ours.
+    let _pulled = LocalImages(format!("{}/upstream/faults", upstream.host()));
+    let _imported = LocalImages(format!("{}/{name}", ours.host()));
     let double = double_for(&runtime, &key, &[&name]);
     let builder = deis_builder(&double, vec!["--registry".into(), ours.host()]);
     let import = || {
@@ -977,9 +981,6 @@ fn import_release_failure_rolls_back_its_tags() {
         double.builds()[0]["image"],
         json!(format!("{}/{name}:{}", ours.host(), tags[0]))
     );
-    let _ = Command::new("docker")
-        .args(["rmi", &format!("{}/{name}:{}", ours.host(), tags[0])])
-        .output();
 }
 
 /// The engine stops under a running Dockerfile build: rejected, no tag, no release, nothing
