@@ -331,14 +331,14 @@ fn controller_down_mid_push() {
         ));
     assert_eq!(proxy.cuts(), 3, "the release POST must not be repeated");
     assert!(double.builds().is_empty());
-    // Outcome unknown: the objects stay, complete, where a release would point.
+    // Outcome unknown: the objects stay, complete, where a release would point. The push
+    // was rejected, so its commit never landed and has no source tarball.
     let first = format!("home/{name}:git-{sha8}");
     assert_eq!(
         local_keys(&builder, &name),
         vec![
             format!("{first}/push/Procfile"),
             format!("{first}/push/slug.tgz"),
-            format!("{first}/tar"),
         ]
     );
     slug_entries(&builder.storage_path(&format!("{first}/push/slug.tgz")));
@@ -785,9 +785,13 @@ fn repushing_a_deployed_commit_never_overwrites_its_objects() {
     );
     assert_eq!(now, v1_slug, "release v1's slug was rewritten");
 
-    // A re-push that fails after storing its source removes only what it wrote.
+    // A re-push that fails removes only what it wrote.
     app.commit_file("index.html", "<h1>v4</h1>\n");
     app.push(&builder, &name, &key).assert_ok();
+    let v4_source = format!("home/{name}:git-{}/tar", &app.head()[..8]);
+    assert!(eventually(Duration::from_secs(20), || builder
+        .storage_path(&v4_source)
+        .exists()));
     let before = local_keys(&builder, &name);
     set_app_config(
         &builder,
@@ -829,6 +833,7 @@ fn dockerfile_release_failure_rolls_back_tags_and_tags_are_write_once() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key = Key::generate("ed25519", "dev");
     let name = unique("dtag");
+    let _images = LocalImages(format!("{}/{name}", registry.host()));
     let double = double_for(&runtime, &key, &[&name]);
     let builder = deis_builder(
         &double,
@@ -945,6 +950,9 @@ fn import_release_failure_rolls_back_its_tags() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let key = Key::generate("ed25519", "dev");
     let name = unique("imp");
+    // The import pulls the source into the engine and tags it into ours.
+    let _pulled = LocalImages(format!("{}/upstream/faults", upstream.host()));
+    let _imported = LocalImages(format!("{}/{name}", ours.host()));
     let double = double_for(&runtime, &key, &[&name]);
     let builder = deis_builder(&double, vec!["--registry".into(), ours.host()]);
     let import = || {
@@ -981,9 +989,6 @@ fn import_release_failure_rolls_back_its_tags() {
         double.builds()[0]["image"],
         json!(format!("{}/{name}:{}", ours.host(), tags[0]))
     );
-    let _ = Command::new("docker")
-        .args(["rmi", &format!("{}/{name}:{}", ours.host(), tags[0])])
-        .output();
 }
 
 /// The engine stops under a running Dockerfile build: rejected, no tag, no release, nothing

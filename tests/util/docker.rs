@@ -54,3 +54,22 @@ pub fn release_waiting_build(app: &str) {
         assert!(status.success(), "docker exec failed");
     }
 }
+
+/// Every local tag of an image repository (`host:port/name`), removed when dropped, even
+/// when the test fails: what a test's pushes, pulls and imports left in the engine.
+#[allow(dead_code)] // not every test binary makes images
+pub struct LocalImages(pub String);
+
+impl Drop for LocalImages {
+    fn drop(&mut self) {
+        let Ok(listed) = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", &self.0])
+            .output()
+        else {
+            return;
+        };
+        for tag in String::from_utf8_lossy(&listed.stdout).lines() {
+            let _ = Command::new("docker").args(["rmi", tag]).output();
+        }
+    }
+}

@@ -50,7 +50,7 @@ pub use self::{
         http_get, http_request, set_app_config, Builder, BuilderOptions, ControllerMode, Storage,
     },
     buildpacks::buildpack_fixture,
-    docker::{containers_of, docker, release_waiting_build, running_containers_of},
+    docker::{containers_of, docker, release_waiting_build, running_containers_of, LocalImages},
     git::{App, Pushed},
     keys::Key,
     runner::{run_runner, run_runner_kept, runner_image, RunnerContainer},

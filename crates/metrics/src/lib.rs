@@ -10,7 +10,8 @@
 //!   not; `kind` is `buildpack`, `dockerfile` or `import`.
 //! - `ssh_received_bytes_total`, `slug_bytes_total` (counters).
 //! - `builds_active`, `builds_queued` (gauges, held by [`InFlight`] guards).
-//! - `auth_failures_total`, `containers_swept_total`, `images_swept_total` (counters).
+//! - `auth_failures_total`, `containers_swept_total`, `images_swept_total`,
+//!   `source_archive_failures_total` (counters).
 //! - `leases_held` (gauge), `leases_taken_over_total`, `leases_lost_total` (counters): app
 //!   leases in the shared store (replicas).
 
@@ -119,6 +120,7 @@ pub struct Registry {
     auth_failures: AtomicU64,
     containers_swept: AtomicU64,
     images_swept: AtomicU64,
+    source_archive_failures: AtomicU64,
     leases_held: AtomicI64,
     leases_taken_over: AtomicU64,
     leases_lost: AtomicU64,
@@ -138,6 +140,7 @@ impl Registry {
             auth_failures: AtomicU64::new(0),
             containers_swept: AtomicU64::new(0),
             images_swept: AtomicU64::new(0),
+            source_archive_failures: AtomicU64::new(0),
             leases_held: AtomicI64::new(0),
             leases_taken_over: AtomicU64::new(0),
             leases_lost: AtomicU64::new(0),
@@ -235,6 +238,11 @@ impl Registry {
                 "images_swept_total",
                 "Leftover untagged images removed by the start-up sweep.",
                 &self.images_swept,
+            ),
+            (
+                "source_archive_failures_total",
+                "Source tarballs of deployed pushes that could not be stored.",
+                &self.source_archive_failures,
             ),
             (
                 "leases_taken_over_total",
@@ -357,6 +365,13 @@ pub fn slug_stored(bytes: u64) {
 
 pub fn auth_failed() {
     REGISTRY.auth_failures.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The source tarball of a deployed push could not be stored.
+pub fn source_archive_failed() {
+    REGISTRY
+        .source_archive_failures
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 pub fn containers_swept(count: usize) {
