@@ -20,6 +20,10 @@ use deis_pipeline::source::git_command;
 use deis_storage::{ObjectStore, StorageError, Version};
 use deis_types::names::AppName;
 
+/// Past this many bundles the next save writes the whole history again (and drops the
+/// others), so a fresh builder never fetches more than this many.
+const MAX_BUNDLES: usize = 32;
+
 /// Where the bundle being written or read sits, inside the repository (one at a time: the
 /// app is locked; a leftover is overwritten next time).
 const BUNDLE_FILE: &str = "deis-builder.bundle";
@@ -171,9 +175,13 @@ impl SavedRepos {
             &file_arg,
             "refs/heads/master",
         ];
+        // Only what this push added, when it continues the saved history; otherwise (a
+        // forced push, a copy never restored, or too many bundles) the whole history.
         let since;
         let incremental = match &previous {
-            Some(previous) if has_commit(git_dir, previous).await => {
+            Some(previous)
+                if index.bundles.len() < MAX_BUNDLES && continues(git_dir, previous).await =>
+            {
                 since = format!("^{previous}");
                 args.push(&since);
                 true
@@ -187,8 +195,7 @@ impl SavedRepos {
         let stored = self.store.put(&key, &mut reader).await;
         let _ = tokio::fs::remove_file(&file).await;
         stored?;
-        // A history that does not continue the saved one (a forced push onto a copy that
-        // was never restored) starts the index again.
+        // A whole history starts the index again.
         let replaced = if incremental {
             Vec::new()
         } else {
@@ -231,6 +238,17 @@ async fn master(git_dir: &Path) -> Option<String> {
     (output.status.success() && !sha.is_empty()).then_some(sha)
 }
 
+/// Whether `master` descends from `previous` (which this copy has).
+async fn continues(git_dir: &Path, previous: &str) -> bool {
+    git(
+        git_dir,
+        "merge-base",
+        &["merge-base", "--is-ancestor", previous, "refs/heads/master"],
+    )
+    .await
+    .is_ok()
+}
+
 async fn has_commit(git_dir: &Path, sha: &str) -> bool {
     git_command(git_dir)
         .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
@@ -248,4 +266,125 @@ async fn git(git_dir: &Path, action: &'static str, args: &[&str]) -> Result<(), 
         action,
         message: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(dir: &Path, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn bare(root: &Path, name: &str) -> std::path::PathBuf {
+        let dir = root.join(name);
+        run(root, &["init", "-q", "--bare", "-b", "master", name]);
+        dir
+    }
+
+    /// Commits a file in `work` and sets the bare repo's master to it (as a push does).
+    fn commit_into(work: &Path, repo: &Path, content: &str) -> String {
+        std::fs::write(work.join("file"), content).unwrap();
+        run(work, &["add", "file"]);
+        run(work, &["commit", "-q", "-m", content]);
+        let sha = run(work, &["rev-parse", "HEAD"]);
+        let target = repo.display().to_string();
+        run(
+            work,
+            &["push", "-q", "-f", &target, "HEAD:refs/heads/master"],
+        );
+        sha
+    }
+
+    async fn tip(repo: &Path) -> Option<String> {
+        master(repo).await
+    }
+
+    #[tokio::test]
+    async fn pushes_are_saved_incrementally_and_restored_into_any_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = deis_storage::LocalStore::open(root.join("store"))
+            .await
+            .unwrap();
+        let saved = SavedRepos::new(Arc::new(store), u64::MAX);
+        let app = AppName::parse("web").unwrap();
+        let work = root.join("work");
+        std::fs::create_dir(&work).unwrap();
+        run(&work, &["init", "-q", "-b", "master"]);
+        let origin = bare(root, "origin.git");
+
+        let first = commit_into(&work, &origin, "one");
+        saved.save(&app, &origin).await.unwrap();
+        let second = commit_into(&work, &origin, "two");
+        saved.save(&app, &origin).await.unwrap();
+        // Nothing moved: nothing saved.
+        saved.save(&app, &origin).await.unwrap();
+        assert_eq!(saved.index(&app).await.unwrap().0.bundles.len(), 2);
+
+        let fresh = bare(root, "fresh.git");
+        let restored = saved.restore(&app, &fresh).await.unwrap();
+        assert!(
+            matches!(restored, Restored::Fetched { bundles: 2, .. }),
+            "{restored:?}"
+        );
+        assert_eq!(tip(&fresh).await.as_deref(), Some(second.as_str()));
+        assert_eq!(
+            saved.restore(&app, &fresh).await.unwrap(),
+            Restored::UpToDate
+        );
+
+        // A copy at the first push fetches only the second bundle.
+        let older = bare(root, "older.git");
+        let target = older.display().to_string();
+        run(
+            &work,
+            &["push", "-q", &target, &format!("{first}:refs/heads/master")],
+        );
+        let restored = saved.restore(&app, &older).await.unwrap();
+        assert!(
+            matches!(restored, Restored::Fetched { bundles: 1, .. }),
+            "{restored:?}"
+        );
+        assert_eq!(tip(&older).await.as_deref(), Some(second.as_str()));
+
+        // A forced push back to the first commit saves the whole history again.
+        run(
+            &work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                &origin.display().to_string(),
+                &format!("{first}:refs/heads/master"),
+            ],
+        );
+        saved.save(&app, &origin).await.unwrap();
+        assert_eq!(saved.index(&app).await.unwrap().0.bundles.len(), 1);
+        let third = bare(root, "third.git");
+        saved.restore(&app, &third).await.unwrap();
+        assert_eq!(tip(&third).await.as_deref(), Some(first.as_str()));
+
+        // Over the limit: nothing is fetched, the client will send everything.
+        let limited = SavedRepos::new(saved.store.clone(), 1);
+        let empty = bare(root, "empty.git");
+        let restored = limited.restore(&app, &empty).await.unwrap();
+        assert!(
+            matches!(restored, Restored::TooLarge { limit: 1, .. }),
+            "{restored:?}"
+        );
+        assert_eq!(tip(&empty).await, None);
+    }
 }
