@@ -70,6 +70,8 @@ fn run() -> Result<(), Error> {
         target: Platform::detect_target(),
     };
     platform.read_user_env()?;
+    // Only what the buildpacks of this build write: never what the app's source carries.
+    deis_cnb::files::remove(&platform.app_dir.join(deis_cnb::CNB_DIR))?;
     let result = build_app(&platform);
     let _ = std::fs::remove_dir_all(&scratch);
     result

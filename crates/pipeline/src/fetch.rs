@@ -324,7 +324,7 @@ impl Fetcher {
         }
     }
 
-    /// Fetches `url` into `workspace/<index>-<name>` and checks it has `bin/compile`.
+    /// Fetches `url` into `workspace/<index>-<name>` and checks it is a buildpack.
     pub async fn fetch(
         &self,
         url: &BuildpackUrl,
@@ -356,11 +356,13 @@ impl Fetcher {
                 (root, url.shown())
             }
         };
-        let compile = root.join("bin/compile");
-        if !tokio::fs::try_exists(&compile).await.unwrap_or(false) {
+        // A classic buildpack has bin/compile, a Cloud Native Buildpack buildpack.toml.
+        let exists =
+            |path: PathBuf| async move { tokio::fs::try_exists(path).await.unwrap_or(false) };
+        if !exists(root.join("bin/compile")).await && !exists(root.join("buildpack.toml")).await {
             return Err(FetchError::NotABuildpack {
                 url: url.shown(),
-                reason: "it has no bin/compile".to_owned(),
+                reason: "it has neither bin/compile nor buildpack.toml".to_owned(),
             });
         }
         Ok(FetchedBuildpack {

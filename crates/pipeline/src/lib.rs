@@ -3,6 +3,7 @@
 
 pub mod buildpack;
 pub mod cache;
+mod cnb;
 mod dockerfile;
 mod fetch;
 mod import;

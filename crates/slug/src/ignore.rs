@@ -13,6 +13,8 @@
 pub struct SlugIgnore {
     patterns: Vec<Pattern>,
     warnings: Vec<String>,
+    /// Top-level directories no pattern applies to (a CNB slug's layers).
+    kept_dirs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +105,12 @@ impl SlugIgnore {
         self.patterns.is_empty()
     }
 
+    /// The same rules, except that nothing in the top-level directory `dir` is ignored.
+    pub fn keeping(mut self, dir: &str) -> SlugIgnore {
+        self.kept_dirs.push(dir.to_owned());
+        self
+    }
+
     /// `path` is relative to the app root, `/`-separated, no leading `./`. A path is
     /// ignored when it or any ancestor matches.
     pub fn is_ignored(&self, path: &str, is_dir: bool) -> bool {
@@ -113,6 +121,12 @@ impl SlugIgnore {
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
             .collect();
+        if components
+            .first()
+            .is_some_and(|top| self.kept_dirs.iter().any(|kept| kept == top))
+        {
+            return false;
+        }
         let mut ignored = false;
         for pattern in &self.patterns {
             let hit = (1..=components.len()).any(|len| {
