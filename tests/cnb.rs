@@ -76,7 +76,10 @@ fn a_bash_cnb_builds_launch_and_cache_layers_and_its_process_serves_http() {
             "{entry} must not be in the slug: {entries:?}"
         );
     }
-    assert!(!entries.iter().any(|e| e.starts_with("./docs")), "project.toml excludes docs/");
+    assert!(
+        !entries.iter().any(|e| e.starts_with("./docs")),
+        "project.toml excludes docs/"
+    );
 
     let running = RunningSlug::start(&builder, &app, &name, "env.txt");
     let (status, body) = http_get(running.port, "/env.txt").expect("GET /env.txt");
@@ -117,7 +120,10 @@ fn a_bash_cnb_builds_launch_and_cache_layers_and_its_process_serves_http() {
         Some(&slug),
     );
     assert_eq!(run.code, Some(0), "{run:?}");
-    assert!(run.stdout.contains("hello from the layer / exec.d ran"), "{run:?}");
+    assert!(
+        run.stdout.contains("hello from the layer / exec.d ran"),
+        "{run:?}"
+    );
 }
 
 /// Acceptance 3: a composite buildpack whose first group fails detection (a requirement
@@ -138,7 +144,11 @@ fn order_groups_optional_buildpacks_and_the_build_plan() {
         .assert_says("remote: -----> provider: plan is [[entries]] name = \"greeting\"  [entries.metadata] language = \"en\"")
         .assert_says("remote: -----> consumer: hello from the provider tool, PROVIDER_SAYS=provided")
         .assert_says("remote:        Default types for buildpack -> worker");
-    assert!(!pushed.output.contains("must not build"), "{}", pushed.output);
+    assert!(
+        !pushed.output.contains("must not build"),
+        "{}",
+        pushed.output
+    );
     // The group as pack shows it: the participating buildpacks, in order, nothing else.
     let detected: Vec<&str> = pushed
         .output
@@ -163,6 +173,51 @@ fn order_groups_optional_buildpacks_and_the_build_plan() {
     );
 }
 
+/// CNBs named by `BUILDPACK_URL` (a tarball here) build like in-source ones; a
+/// `.buildpacks` listing a classic buildpack and a CNB is refused with both named.
+#[test]
+#[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
+fn cnbs_from_buildpack_url_and_no_mixing_with_classic_buildpacks() {
+    require_services!();
+    let server = StaticServer::start();
+    server.publish_buildpack_tarball("env-probe", "env-probe");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/apps/cnb-hello/buildpacks");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(server.root.path().join("hello-cnb.tgz"))
+        .arg("-C")
+        .arg(&fixtures)
+        .arg("hello")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (builder, key) = Builder::with_developer();
+    let app = App::from_fixture("cnb-hello");
+    let name = unique("cnburl");
+    let cnb = server.url("hello-cnb.tgz");
+    set_app_config(
+        &builder,
+        &name,
+        &[("BUILDPACK_URL", &cnb), ("SLOW_SECONDS", "0")],
+    );
+    app.push(&builder, &name, &key)
+        .assert_ok()
+        .assert_says("remote: -----> Fetching custom buildpack")
+        .assert_says("remote: 1 of 1 buildpacks participating")
+        .assert_says("remote:        Default types for buildpack -> web");
+
+    set_app_config(&builder, &name, &[("BUILDPACK_URL", "")]);
+    let classic = server.url("env-probe.tgz");
+    app.commit_file(".buildpacks", &format!("{classic}\n{cnb}\n"));
+    app.push(&builder, &name, &key)
+        .assert_rejected()
+        .assert_says(&format!(
+            " !     Build failed: cannot mix classic buildpacks ({classic}: bin/compile) and \
+             Cloud Native Buildpacks ({cnb}: buildpack.toml) in one build; use one kind"
+        ));
+    assert_eq!(builder.releases(&name).len(), 1, "nothing new is released");
+}
+
 /// Acceptance 5: bad input rejects the push naming the file and the problem, and
 /// publishes nothing.
 #[test]
@@ -174,57 +229,57 @@ fn bad_cnb_input_rejects_the_push_naming_the_file() {
     let name = unique("cnbbad");
     let descriptor = "buildpacks/hello/buildpack.toml";
     let good = std::fs::read_to_string(app.dir.path().join(descriptor)).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&App)>, &str)> = vec![
-        (
-            "malformed buildpack.toml",
-            Box::new(|app: &App| {
-                app.commit_file(descriptor, "api = \"0.10\"\n[buildpack\nid = \"x\"\n");
-            }),
-            "/build/buildpacks/01-hello/buildpack.toml: invalid TOML at line 2",
-        ),
-        (
-            "unsupported API",
-            Box::new(|app: &App| {
-                app.commit_file(descriptor, &good.replace("0.10", "0.7"));
-            }),
-            "/build/buildpacks/01-hello/buildpack.toml: Buildpack API 0.7 is not supported; this builder supports 0.8 to 0.11",
-        ),
-        (
-            "launch.toml that does not parse",
-            Box::new(|app: &App| {
-                app.commit_file(descriptor, &good);
-                app.commit_file("break-launch", "1\n");
-            }),
-            "/app/.cnb/layers/examples_hello/launch.toml: invalid TOML at line 1: unclosed array table",
-        ),
-        (
-            "a layer name with ..",
-            Box::new(|app: &App| {
-                app.git(&["rm", "-q", "break-launch"]);
-                app.commit_file("break-layer", "1\n");
-            }),
-            "/app/.cnb/layers/examples_hello/bad..layer: layer name \"bad..layer\" contains \"..\", which is not allowed",
-        ),
-        (
-            "a buildpack path outside the app",
-            Box::new(|app: &App| {
-                app.git(&["rm", "-q", "break-layer"]);
-                app.commit_file(
-                    "project.toml",
-                    "[[build.buildpacks]]\nid = \"examples/outside\"\nuri = \"../outside\"\n",
-                );
-            }),
-            "project.toml: buildpack examples/outside: uri \"../outside\" must be a URL or a relative path inside the app",
-        ),
-    ];
-    for (case, change, expected) in cases {
-        change(&app);
+    // Each push is refused with the file and the problem, and leaves nothing behind.
+    let refused = |case: &str, expected: &str| {
         let pushed = app.push(&builder, &name, &key);
         pushed.assert_rejected();
-        assert!(pushed.output.contains(expected), "{case}: expected {expected:?} in:\n{}", pushed.output);
+        assert!(
+            pushed.output.contains(expected),
+            "{case}: expected {expected:?} in:\n{}",
+            pushed.output
+        );
         assert!(builder.releases(&name).is_empty(), "{case}: released");
-        assert_eq!(published(&builder, &name), Vec::<String>::new(), "{case}: objects left");
-    }
+        assert_eq!(
+            published(&builder, &name),
+            Vec::<String>::new(),
+            "{case}: objects left"
+        );
+    };
+
+    app.commit_file(descriptor, "api = \"0.10\"\n[buildpack\nid = \"x\"\n");
+    refused(
+        "malformed buildpack.toml",
+        "/build/buildpacks/01-hello/buildpack.toml: invalid TOML at line 2",
+    );
+    app.commit_file(descriptor, &good.replace("0.10", "0.7"));
+    refused(
+        "unsupported API",
+        "/build/buildpacks/01-hello/buildpack.toml: Buildpack API 0.7 is not supported; \
+         this builder supports 0.8 to 0.11",
+    );
+    app.commit_file(descriptor, &good);
+    app.commit_file("break-launch", "1\n");
+    refused(
+        "launch.toml that does not parse",
+        "/app/.cnb/layers/examples_hello/launch.toml: invalid TOML at line 1: unclosed array table",
+    );
+    app.git(&["rm", "-q", "break-launch"]);
+    app.commit_file("break-layer", "1\n");
+    refused(
+        "a layer name with ..",
+        "/app/.cnb/layers/examples_hello/bad..layer: layer name \"bad..layer\" contains \"..\", \
+         which is not allowed",
+    );
+    app.git(&["rm", "-q", "break-layer"]);
+    app.commit_file(
+        "project.toml",
+        "[[build.buildpacks]]\nid = \"examples/outside\"\nuri = \"../outside\"\n",
+    );
+    refused(
+        "a buildpack path outside the app",
+        "project.toml: buildpack examples/outside: uri \"../outside\" must be a URL or a \
+         relative path inside the app",
+    );
 }
 
 /// The libcnb example's build output and its process, when scripts/test.sh built it.
@@ -232,8 +287,9 @@ fn bad_cnb_input_rejects_the_push_naming_the_file() {
 #[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn a_rust_cnb_written_with_libcnb_builds_and_runs() {
     require_services!();
-    let binary = std::env::var("DEIS_IT_LIBCNB_BUILDPACK")
-        .expect("DEIS_IT_LIBCNB_BUILDPACK names the libcnb buildpack binary scripts/test.sh builds");
+    let binary = std::env::var("DEIS_IT_LIBCNB_BUILDPACK").expect(
+        "DEIS_IT_LIBCNB_BUILDPACK names the libcnb buildpack binary scripts/test.sh builds",
+    );
     let (builder, key) = Builder::with_developer();
     let app = App::from_fixture("cnb-libcnb");
     let bin = app.dir.path().join("buildpacks/libcnb-hello/bin");

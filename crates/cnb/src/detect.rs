@@ -4,6 +4,7 @@
 //! by the same or an earlier buildpack, every provision required by the same or a later
 //! one (optional buildpacks that do not fit are left out).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -183,11 +184,9 @@ pub fn detect(platform: &Platform, groups: &[Vec<Member>], out: &mut String) -> 
     let mut runs = 0usize;
     for group in groups {
         for member in group {
-            let label = member.buildpack.label();
-            if !outcomes.contains_key(&label) {
+            if let Entry::Vacant(slot) = outcomes.entry(member.buildpack.label()) {
                 runs += 1;
-                let outcome = run_detect(platform, &member.buildpack, runs)?;
-                outcomes.insert(label, outcome);
+                slot.insert(run_detect(platform, &member.buildpack, runs)?);
             }
         }
         if let Some(selected) = try_group(group, &outcomes) {

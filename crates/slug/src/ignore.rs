@@ -343,6 +343,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kept_top_level_directory_is_never_ignored() {
+        let ignore = SlugIgnore::parse("*.sh\n.*\nbin/\n").keeping(".cnb");
+        assert!(!ignore.is_ignored(".cnb", true));
+        assert!(!ignore.is_ignored(".cnb/layers/x/bin/run.sh", false));
+        assert!(
+            ignore.is_ignored("app/.cnb", true),
+            "only the top-level one"
+        );
+        assert!(ignore.is_ignored("setup.sh", false));
+    }
+
+    #[test]
     fn matching_table() {
         // (patterns, path, is_dir, expected)
         let cases: &[(&str, &str, bool, bool)] = &[
