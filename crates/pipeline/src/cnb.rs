@@ -7,17 +7,19 @@
 //! and the slug keeps the launch layers under `/app/.cnb`. Classic and CNB buildpacks are
 //! not mixed in one build.
 
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::fetch::{BuildpackUrl, FetchedBuildpack, Fetcher, Workspace, BUILDPACK_MAX_ENTRIES};
+use super::fetch::{
+    unpack_refusal, BuildpackUrl, FetchedBuildpack, Fetcher, Workspace, BUILDPACK_MAX_DEPTH,
+    BUILDPACK_MAX_ENTRIES, CONTAINER_BUILDPACKS_DIR,
+};
 use super::{BuildError, Pipeline};
 use crate::push::{Output, Push};
-use deis_slug::SlugIgnore;
+use deis_slug::{SlugIgnore, UnpackOptions};
 
 /// Largest `project.toml` we read.
 const MAX_PROJECT_FILE: usize = 64 * 1024;
@@ -325,7 +327,7 @@ impl Pipeline {
                         .collect();
                     let name = format!("{:02}-{short}", index + 1);
                     let dest = workspace.path().join("buildpacks").join(&name);
-                    self.extract_source_dir(push, path, &dest).await?;
+                    self.extract_source_dir(push, path, &name, &dest).await?;
                     fetched.push(FetchedBuildpack {
                         name,
                         dir: dest,
@@ -337,91 +339,42 @@ impl Pipeline {
         Ok(fetched)
     }
 
-    /// Copies the directory `path` of the pushed commit to `dest` on this host, within
-    /// the budget of a fetched buildpack.
+    /// Unpacks the directory `path` of the pushed commit to `dest` on this host, under the
+    /// budget of a fetched buildpack tarball (the slug unpacker's checks).
     async fn extract_source_dir(
         &self,
         push: &Push,
         path: &str,
+        name: &str,
         dest: &Path,
     ) -> Result<(), BuildError> {
-        let archive = push.source.archive(&push.commit)?;
-        let reader = SyncIoBridge::new(StreamReader::new(archive));
-        let prefix = format!("{path}/");
-        let dest = dest.to_owned();
-        let max_bytes = self.settings.buildpack_max_bytes;
-        let path = path.to_owned();
-        let copied =
-            tokio::task::spawn_blocking(move || extract(reader, &prefix, &dest, max_bytes))
-                .await
-                .map_err(|e| {
-                    std::io::Error::other(format!("extracting a buildpack crashed: {e}"))
-                })??;
-        if copied == 0 {
+        let is_dir = push
+            .source
+            .has_file(&push.commit, &format!("{path}/"))
+            .await?;
+        if !is_dir {
             return Err(project_error(format!(
                 "buildpack path {path:?} is not a directory of the pushed commit"
             )));
         }
+        let archive = push.source.archive_dir(&push.commit, path)?;
+        let reader = SyncIoBridge::new(StreamReader::new(archive));
+        let options = UnpackOptions {
+            app_path: format!("{CONTAINER_BUILDPACKS_DIR}/{name}"),
+            max_total_bytes: self.settings.buildpack_max_bytes,
+            max_entries: BUILDPACK_MAX_ENTRIES,
+            max_depth: BUILDPACK_MAX_DEPTH,
+        };
+        let dest = dest.to_owned();
+        let unpacked =
+            tokio::task::spawn_blocking(move || deis_slug::unpack_tar(reader, &dest, &options))
+                .await
+                .map_err(|e| {
+                    std::io::Error::other(format!("unpacking a buildpack crashed: {e}"))
+                })?;
+        unpacked.map_err(|error| BuildError::Fetch(unpack_refusal(path, error)))?;
         Ok(())
     }
-}
-
-/// Writes the entries under `prefix` of a git archive below `dest`; returns how many.
-/// Git archives hold no `..` or absolute names; links are written as links, never
-/// followed.
-fn extract(
-    source: impl Read,
-    prefix: &str,
-    dest: &Path,
-    max_bytes: u64,
-) -> Result<u64, BuildError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut archive = tar::Archive::new(source);
-    let (mut entries, mut bytes) = (0u64, 0u64);
-    std::fs::create_dir_all(dest)?;
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let name = entry.path()?.to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        let rest = rest.trim_end_matches('/');
-        if rest.is_empty() {
-            entries += 1;
-            continue;
-        }
-        let Some(relative) = relative_path(rest) else {
-            return Err(project_error(format!(
-                "unsafe entry {name:?} in the buildpack"
-            )));
-        };
-        entries += 1;
-        bytes += entry.size();
-        if entries > BUILDPACK_MAX_ENTRIES || bytes > max_bytes {
-            return Err(project_error(format!(
-                "the buildpack at {prefix} is over the limit of a buildpack ({} entries, --buildpack-max-size)",
-                BUILDPACK_MAX_ENTRIES
-            )));
-        }
-        let target = dest.join(&relative);
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
-            std::fs::create_dir_all(&target)?;
-        } else if kind.is_symlink() {
-            if let Some(link) = entry.link_name()? {
-                std::os::unix::fs::symlink(link, &target)?;
-            }
-        } else if kind.is_file() {
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            let mode = entry.header().mode()? & 0o777;
-            let mut file = std::fs::File::create(&target)?;
-            std::io::copy(&mut entry, &mut file)?;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
-        }
-    }
-    Ok(entries)
 }
 
 #[cfg(test)]

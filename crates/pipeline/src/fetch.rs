@@ -21,7 +21,7 @@ pub const BUILDPACK_MAX_ENTRIES: u64 = 100_000;
 pub const BUILDPACK_MAX_DEPTH: usize = 64;
 /// Where fetched buildpacks lie in the build container (see `buildpacks/README.md`): a
 /// tarball's absolute links may point only into its own directory there.
-const CONTAINER_BUILDPACKS_DIR: &str = "/build/buildpacks";
+pub(super) const CONTAINER_BUILDPACKS_DIR: &str = "/build/buildpacks";
 /// Most buildpacks a `.buildpacks` file may list.
 pub const MAX_BUILDPACKS: usize = 20;
 /// Longest stderr excerpt of a failed git/curl quoted to the developer.
@@ -715,7 +715,7 @@ fn unpack_tarball(
 
 /// What a refused tarball tells the developer, in a buildpack's terms (the unpacker's own
 /// messages speak of slugs).
-fn unpack_refusal(url: &str, error: UnpackError) -> FetchError {
+pub(super) fn unpack_refusal(url: &str, error: UnpackError) -> FetchError {
     let over = |reason: String| FetchError::OverLimit {
         url: url.to_owned(),
         reason,
