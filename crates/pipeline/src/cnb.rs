@@ -14,8 +14,8 @@ use serde::Deserialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::fetch::{
-    unpack_refusal, BuildpackUrl, FetchedBuildpack, Fetcher, Workspace, BUILDPACK_MAX_DEPTH,
-    BUILDPACK_MAX_ENTRIES, CONTAINER_BUILDPACKS_DIR,
+    directory_name, unpack_refusal, BuildpackUrl, FetchedBuildpack, Fetcher, Workspace,
+    BUILDPACK_MAX_DEPTH, BUILDPACK_MAX_ENTRIES, CONTAINER_BUILDPACKS_DIR,
 };
 use super::{BuildError, Pipeline};
 use crate::push::{Output, Push};
@@ -311,20 +311,7 @@ impl Pipeline {
                 ProjectBuildpack::Path(path) => {
                     out.line(format!("=====> Using Buildpack: {path} (from the app)"))
                         .await;
-                    let short: String = path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("buildpack")
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() {
-                                c.to_ascii_lowercase()
-                            } else {
-                                '-'
-                            }
-                        })
-                        .take(40)
-                        .collect();
+                    let short = directory_name(path.rsplit('/').next().unwrap_or_default());
                     let name = format!("{:02}-{short}", index + 1);
                     let dest = workspace.path().join("buildpacks").join(&name);
                     self.extract_source_dir(push, path, &name, &dest).await?;

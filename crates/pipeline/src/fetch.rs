@@ -185,28 +185,34 @@ impl BuildpackUrl {
             .iter()
             .find_map(|ext| last.strip_suffix(ext))
             .unwrap_or(last);
-        let name: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .take(40)
-            .collect();
-        if name.trim_matches('-').is_empty() {
-            "buildpack".to_owned()
-        } else {
-            name
-        }
+        directory_name(stem)
     }
 }
 
 impl std::fmt::Display for BuildpackUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.shown())
+    }
+}
+
+/// A buildpack's directory-friendly name: lowercase letters and digits, `-` for the rest,
+/// at most 40 characters; `buildpack` when nothing is left.
+pub(super) fn directory_name(stem: &str) -> String {
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    if name.trim_matches('-').is_empty() {
+        "buildpack".to_owned()
+    } else {
+        name
     }
 }
 
