@@ -829,7 +829,10 @@ mod tests {
             ),
             (&["--buildpack-max-size", "0"][..], "--buildpack-max-size"),
             (&["--build-files", "mount"][..], "--build-files"),
-            (&["--cnb-driver", "/nonexistent/deis-cnb"][..], "--cnb-driver"),
+            (
+                &["--cnb-driver", "/nonexistent/deis-cnb"][..],
+                "--cnb-driver",
+            ),
         ] {
             let err = settings(args, &[]).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");
