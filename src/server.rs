@@ -53,6 +53,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         settings: settings.build.clone(),
         stack: stack.clone(),
         warm: Default::default(),
+        archives: Default::default(),
     });
     // Two stages: `draining` closes the doors; `abort` cancels what still runs once the
     // grace period is over.
@@ -167,6 +168,7 @@ impl Listeners {
 /// The served listeners, and how to close them in order.
 struct Running {
     tracker: TaskTracker,
+    pipeline: Arc<Pipeline>,
     hooks: tokio::task::JoinHandle<()>,
     close_hooks: CancellationToken,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -190,7 +192,7 @@ impl Running {
         let hooks = tokio::spawn(deis_frontdoor::git::hook::serve(
             listeners.hook,
             git,
-            pipeline,
+            pipeline.clone(),
             close_hooks.clone(),
             tracker.clone(),
         ));
@@ -212,6 +214,7 @@ impl Running {
         ));
         Running {
             tracker,
+            pipeline,
             hooks,
             close_hooks,
             http,
@@ -233,6 +236,10 @@ impl Running {
             shutdown.abort.cancel();
             // Cancelled builds remove their containers and roll back their objects.
             let _ = tokio::time::timeout(CLEANUP_GRACE, self.tracker.wait()).await;
+        }
+        // Deployed pushes' source tarballs, started as each push ended.
+        if !self.pipeline.archives.wait(grace).await {
+            tracing::warn!("source tarballs still being stored at exit; they are lost");
         }
         shutdown.abort.cancel();
         self.close_hooks.cancel();
@@ -372,6 +379,7 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
         // An import runs no build: it needs neither the stack nor the build network.
         stack: Stack::for_imports_only(),
         warm: Default::default(),
+        archives: Default::default(),
     };
     let (out, mut rx) = deis_pipeline::push::Output::channel(64);
     let printer = tokio::spawn(async move {

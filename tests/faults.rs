@@ -323,14 +323,14 @@ fn controller_down_mid_push() {
         ));
     assert_eq!(proxy.cuts(), 3, "the release POST must not be repeated");
     assert!(double.builds().is_empty());
-    // Outcome unknown: the objects stay, complete, where a release would point.
+    // Outcome unknown: the objects stay, complete, where a release would point. The push
+    // was rejected, so its commit never landed and has no source tarball.
     let first = format!("home/{name}:git-{sha8}");
     assert_eq!(
         local_keys(&builder, &name),
         vec![
             format!("{first}/push/Procfile"),
             format!("{first}/push/slug.tgz"),
-            format!("{first}/tar"),
         ]
     );
     slug_entries(&builder.storage_path(&format!("{first}/push/slug.tgz")));
@@ -777,9 +777,13 @@ fn repushing_a_deployed_commit_never_overwrites_its_objects() {
     );
     assert_eq!(now, v1_slug, "release v1's slug was rewritten");
 
-    // A re-push that fails after storing its source removes only what it wrote.
+    // A re-push that fails removes only what it wrote.
     app.commit_file("index.html", "<h1>v4</h1>\n");
     app.push(&builder, &name, &key).assert_ok();
+    let v4_source = format!("home/{name}:git-{}/tar", &app.head()[..8]);
+    assert!(eventually(Duration::from_secs(20), || builder
+        .storage_path(&v4_source)
+        .exists()));
     let before = local_keys(&builder, &name);
     set_app_config(
         &builder,

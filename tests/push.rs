@@ -46,12 +46,20 @@ fn buildpack_app_is_built_stored_in_s3_and_released() {
     let base = format!("home/{name}:git-{sha8}");
     let keys = s3.keys(&bucket);
     for expected in [
-        format!("{base}/tar"),
         format!("{base}/push/slug.tgz"),
         format!("{base}/push/Procfile"),
     ] {
         assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
     }
+    // The source tarball is written once the push is over, a moment later.
+    let source_key = format!("{base}/tar");
+    assert!(
+        eventually(Duration::from_secs(20), || s3
+            .keys(&bucket)
+            .contains(&source_key)),
+        "{source_key} never stored: {:?}",
+        s3.keys(&bucket)
+    );
     let scratch = tempfile::tempdir().unwrap();
     let slug = s3.download(&bucket, &format!("{base}/push/slug.tgz"), scratch.path());
     let entries = slug_entries(&slug);

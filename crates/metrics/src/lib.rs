@@ -10,7 +10,8 @@
 //!   not; `kind` is `buildpack`, `dockerfile` or `import`.
 //! - `ssh_received_bytes_total`, `slug_bytes_total` (counters).
 //! - `builds_active`, `builds_queued` (gauges, held by [`InFlight`] guards).
-//! - `auth_failures_total`, `containers_swept_total`, `images_swept_total` (counters).
+//! - `auth_failures_total`, `containers_swept_total`, `images_swept_total`,
+//!   `source_archive_failures_total` (counters).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -117,6 +118,7 @@ pub struct Registry {
     auth_failures: AtomicU64,
     containers_swept: AtomicU64,
     images_swept: AtomicU64,
+    source_archive_failures: AtomicU64,
 }
 
 static REGISTRY: Registry = Registry::new();
@@ -133,6 +135,7 @@ impl Registry {
             auth_failures: AtomicU64::new(0),
             containers_swept: AtomicU64::new(0),
             images_swept: AtomicU64::new(0),
+            source_archive_failures: AtomicU64::new(0),
         }
     }
 
@@ -228,6 +231,11 @@ impl Registry {
                 "Leftover untagged images removed by the start-up sweep.",
                 &self.images_swept,
             ),
+            (
+                "source_archive_failures_total",
+                "Source tarballs of deployed pushes that could not be stored.",
+                &self.source_archive_failures,
+            ),
         ];
         for (name, help, counter) in counters {
             header(&mut text, name, "counter", help);
@@ -321,6 +329,13 @@ pub fn slug_stored(bytes: u64) {
 
 pub fn auth_failed() {
     REGISTRY.auth_failures.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The source tarball of a deployed push could not be stored.
+pub fn source_archive_failed() {
+    REGISTRY
+        .source_archive_failures
+        .fetch_add(1, Ordering::Relaxed);
 }
 
 pub fn containers_swept(count: usize) {

@@ -1,6 +1,7 @@
 //! One build, from a received push to a released slug. Knows nothing of SSH: it gets a
 //! [`Push`], writes progress to an [`Output`] and returns a [`Verdict`].
 
+mod archive;
 pub mod buildpack;
 pub mod cache;
 mod cnb;
@@ -18,6 +19,7 @@ mod timing;
 #[cfg(test)]
 mod tests;
 
+pub use archive::SourceArchives;
 pub use import::{ImportRequest, Imported};
 pub use input::BUILD_UID;
 
@@ -267,6 +269,8 @@ pub struct Pipeline {
     pub stack: Stack,
     /// Build containers created while their pushes were still being received.
     pub warm: buildpack::WarmBuilds,
+    /// Source tarballs of deployed pushes, stored once the push is over.
+    pub archives: SourceArchives,
 }
 
 #[async_trait::async_trait]
@@ -276,6 +280,7 @@ impl PushRunner for Pipeline {
     }
 
     async fn forget(&self, push_id: &str) {
+        self.archives.start(push_id);
         self.warm.discard(push_id).await;
     }
 
@@ -292,7 +297,7 @@ impl PushRunner for Pipeline {
                 built = self.build(&push, &out, &journal, &times) => Some(built),
                 () = cancel.cancelled() => None,
             };
-            let built = match built {
+            let (built, source_key) = match built {
                 Some(Ok(built)) => built,
                 Some(Err(error)) => {
                     tracing::warn!(%error, failure = %error.failure(), "push rejected");
@@ -316,13 +321,23 @@ impl PushRunner for Pipeline {
                 .time(Stage::Release, self.release(&push, &built, &out))
                 .await;
             journal.settle(&released).await;
+            // Only a deployed push lands in git, where its source is read once it is over.
+            if released.is_ok() {
+                self.archives.after_push(
+                    &push.id,
+                    self.store.clone(),
+                    push.source.landed(),
+                    push.commit.clone(),
+                    source_key,
+                );
+            }
             match released {
                 Ok(version) => {
                     tracing::info!(
                         version,
                         elapsed_ms = timing::millis(started.elapsed()),
                         receive_ms = timing::millis(receive),
-                        source_ms = times.millis(Stage::Source),
+                        config_ms = times.millis(Stage::Config),
                         prepare_ms = times.millis(Stage::Prepare),
                         container_ms = times.millis(Stage::Container),
                         compile_ms = times.millis(Stage::Compile),
@@ -354,54 +369,42 @@ impl PushRunner for Pipeline {
 }
 
 impl Pipeline {
-    /// Everything up to the release: config, source tarball, and the build itself.
+    /// Everything up to the release: config and the build itself. Also says where the
+    /// source tarball goes once the push is over.
     async fn build(
         &self,
         push: &Push,
         out: &Output,
         journal: &RollbackJournal,
         times: &StageTimes,
-    ) -> Result<Built, BuildError> {
-        let source_started = Instant::now();
+    ) -> Result<(Built, String), BuildError> {
+        let config_started = Instant::now();
         let (keys, config) = tokio::try_join!(self.keys_for(push), async {
             Ok(self.controller.app_config(&push.user, &push.app).await?)
         })?;
         if let Some(bad) = config.values.keys().find(|k| !input::valid_config_name(k)) {
             return Err(BuildError::ConfigName(deis_types::names::printable(bad)));
         }
-        times.add(Stage::Source, source_started.elapsed());
+        times.add(Stage::Config, config_started.elapsed());
 
-        // The source tarball goes to storage while the build runs: neither needs the
-        // other, and both must succeed before the release. Both are waited for, even
-        // when one fails: a put dropped in flight could still land after the rollback.
-        let store_source = times.time(Stage::Source, async {
-            let source_tar = StreamReader::new(push.source.archive(&push.commit)?);
-            journal.put(&keys.source, source_tar).await?;
-            Ok::<(), BuildError>(())
-        });
-        let build = async {
-            let plan = self.plan(push, &config.values).await?;
-            let build_started = Instant::now();
-            let (kind, built) = match plan {
-                Plan::Buildpack => (
-                    BuildKind::Buildpack,
-                    self.buildpack_build(push, &config.values, out, journal, &keys, times)
-                        .await,
-                ),
-                Plan::Dockerfile => (
-                    BuildKind::Dockerfile,
-                    self.dockerfile_build(push, &config.values, out, journal, times)
-                        .await,
-                ),
-            };
-            metrics::build_finished(kind, build_started.elapsed());
-            built
+        let plan = self.plan(push, &config.values).await?;
+        let build_started = Instant::now();
+        let (kind, built) = match plan {
+            Plan::Buildpack => (
+                BuildKind::Buildpack,
+                self.buildpack_build(push, &config.values, out, journal, &keys, times)
+                    .await,
+            ),
+            Plan::Dockerfile => (
+                BuildKind::Dockerfile,
+                self.dockerfile_build(push, &config.values, out, journal, times)
+                    .await,
+            ),
         };
-        let (stored, built) = tokio::join!(store_source, build);
+        metrics::build_finished(kind, build_started.elapsed());
         let built = built?;
-        stored?;
         out.line("Build complete.").await;
-        Ok(built)
+        Ok((built, keys.source))
     }
 
     /// The Deis keys, unless an earlier push of this commit already used them (its objects

@@ -40,8 +40,10 @@ pub trait PushRunner: Send + Sync + std::fmt::Debug {
     /// the push is over, run or not.
     fn expect(&self, _app: &AppName, _push_id: &str) {}
 
-    /// The push `push_id` is over: what [`PushRunner::expect`] prepared and the run did
-    /// not use is removed before this returns (so before the client learns the outcome).
+    /// The push `push_id` is over and git is done with it (a deployed push's objects are
+    /// in the repository now): what [`PushRunner::expect`] prepared and the run did not use
+    /// is removed before this returns (so before the client learns the outcome); work a
+    /// deployed push left for later (its source tarball) starts in the background.
     async fn forget(&self, _push_id: &str) {}
 }
 

@@ -33,6 +33,12 @@ impl Source {
         }
     }
 
+    /// The same repository once the push has landed: git has moved the pushed objects out
+    /// of the quarantine, which is gone.
+    pub fn landed(&self) -> Source {
+        Source::new(self.git_dir.clone(), Vec::new())
+    }
+
     fn command(&self) -> Command {
         let mut cmd = git_command(&self.git_dir);
         cmd.envs(self.object_env.iter().map(|(k, v)| (k, v)));

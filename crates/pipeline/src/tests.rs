@@ -317,6 +317,7 @@ impl World {
             settings,
             stack: Stack::for_imports_only(),
             warm: Default::default(),
+            archives: Default::default(),
         };
         World {
             _dir: dir,
@@ -358,6 +359,10 @@ impl World {
                 unreachable!()
             }
         };
+        // As the front door does once git is done: what the push left for after its
+        // answer (the source tarball) runs now.
+        self.pipeline.forget(PUSH_ID).await;
+        assert!(self.pipeline.archives.wait(Duration::from_secs(10)).await);
         let output = collector.await.unwrap();
         Pushed { verdict, output }
     }
@@ -634,7 +639,7 @@ async fn a_failed_upload_rolls_back_what_was_stored() {
     assert_shows(&pushed.output, " !     Build failed: put ");
     assert_shows(&pushed.output, "the disk is on fire\n");
     assert!(world.controller.asked().is_empty());
-    // The source tarball had been stored: it is gone again.
+    // Nothing of the push is left: the source tarball is only stored for deployed pushes.
     assert_eq!(world.objects(), cache_objects());
     world.assert_no_container_left();
 }
@@ -668,8 +673,11 @@ async fn an_unanswered_release_keeps_the_objects_it_may_point_to() {
     );
     assert_eq!(world.controller.asked().len(), 1);
     assert!(world.controller.released().is_empty());
-    // The controller may have cut the release: everything stays.
-    assert_eq!(world.objects(), world.all_objects());
+    // The controller may have cut the release: what it would point to stays. The push
+    // was rejected, so its commit never landed and no source tarball is written.
+    let mut kept = world.all_objects();
+    kept.remove(&world.keys().source);
+    assert_eq!(world.objects(), kept);
     world.assert_no_container_left();
 }
 
@@ -866,7 +874,8 @@ async fn an_unanswered_dockerfile_release_keeps_its_tags() {
     let reference = format!("registry.test:5000/{APP}:git-{}", world.commit.short());
     assert_eq!(world.images.local(), BTreeSet::from([reference.clone()]));
     assert_eq!(world.images.registry(), BTreeSet::from([reference]));
-    assert_eq!(world.objects(), BTreeSet::from([world.keys().source]));
+    // Rejected: the commit never landed, so there is no source tarball either.
+    assert!(world.objects().is_empty());
 }
 
 #[tokio::test]

@@ -4,15 +4,14 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// The stages of a push, in order. `Source` (the source tarball into storage) runs beside
-/// the build. Buildpack builds: prepare … upload; pack and upload overlap (the slug streams
+/// The stages of a push, in order. Buildpack builds: prepare … upload; pack and upload overlap (the slug streams
 /// into storage while it is packed): `Pack` ends when the packer wrote its last byte,
 /// `Upload` is what the upload needed beyond that, plus the Procfile. Dockerfile builds:
 /// context, tag, build, push. Imports: pull, tag, push.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Stage {
-    /// Config from the controller and the source tarball into storage.
-    Source,
+    /// App config from the controller, and the choice of object keys.
+    Config,
     /// `.slugignore`, buildpack fetches, cache restore.
     Prepare,
     /// Creating the container, copying the input in, starting it.

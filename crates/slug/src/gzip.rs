@@ -68,19 +68,14 @@ impl<W: Write> ParallelGzip<W> {
             .map(|_| {
                 let queue = queue.clone();
                 thread::spawn(move || {
-                    let mut compressor = Compressor::new(libdeflate_level);
+                    let mut compressor = BlockCompressor::new(libdeflate_level, level);
                     loop {
                         let job = match queue.lock() {
                             Ok(queue) => queue.recv(),
                             Err(_) => return,
                         };
                         let Ok(job) = job else { return };
-                        let _ = job.reply.send(deflate_block(
-                            &mut compressor,
-                            level,
-                            &job.data,
-                            job.last,
-                        ));
+                        let _ = job.reply.send(compressor.compress(&job.data, job.last));
                     }
                 })
             })
@@ -181,6 +176,77 @@ impl<W: Write> Drop for ParallelGzip<W> {
             let _ = worker.join();
         }
     }
+}
+
+/// Samples of a block that decide whether it is worth deflating: spread over the block, so
+/// a block is stored only when all of it looks like noise.
+const SAMPLES: usize = 8;
+const SAMPLE_BYTES: usize = 8 * 1024;
+/// A sample that the fastest level cannot shrink below this share (in 1/1000) is noise.
+const INCOMPRESSIBLE_PER_MILLE: usize = 985;
+/// Stored deflate blocks hold at most this many bytes (LEN is 16 bits).
+const STORED_MAX: usize = u16::MAX as usize;
+
+/// One worker's compressors: the block's own level, and the fastest one for sampling.
+struct BlockCompressor {
+    full: Compressor,
+    sampler: Compressor,
+    level: u32,
+    sample_out: Vec<u8>,
+}
+
+impl BlockCompressor {
+    fn new(libdeflate_level: CompressionLvl, level: u32) -> Self {
+        // Level 1, the fastest that compresses (libdeflate's level 0 only stores).
+        let mut sampler = Compressor::new(CompressionLvl::new(1).unwrap_or_default());
+        let sample_out = vec![0; sampler.deflate_compress_bound(SAMPLE_BYTES)];
+        BlockCompressor {
+            full: Compressor::new(libdeflate_level),
+            sampler,
+            level,
+            sample_out,
+        }
+    }
+
+    /// One block, deflated, or stored when it is noise (already compressed data: images,
+    /// archives, fonts). Deflating noise at level 6 costs as much as text and saves nothing;
+    /// the samples cost about 5% of that. The choice depends only on the bytes.
+    fn compress(&mut self, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
+        if data.len() >= SAMPLES * SAMPLE_BYTES && self.looks_incompressible(data) {
+            return Ok(stored_blocks(data, last));
+        }
+        deflate_block(&mut self.full, self.level, data, last)
+    }
+
+    fn looks_incompressible(&mut self, data: &[u8]) -> bool {
+        let stride = data.len() / SAMPLES;
+        (0..SAMPLES).all(|i| {
+            let sample = &data[i * stride..i * stride + SAMPLE_BYTES];
+            match self.sampler.deflate_compress(sample, &mut self.sample_out) {
+                Ok(written) => written * 1000 >= sample.len() * INCOMPRESSIBLE_PER_MILLE,
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+/// `data` as stored deflate blocks: byte-aligned from start to end, so the next block's
+/// stream can follow directly; only the last block of the last stream is final.
+fn stored_blocks(data: &[u8], last: bool) -> Vec<u8> {
+    let chunks = data.len().div_ceil(STORED_MAX).max(1);
+    let mut out = Vec::with_capacity(data.len() + chunks * 5);
+    let mut rest = data;
+    for index in 0..chunks {
+        let (chunk, after) = rest.split_at(rest.len().min(STORED_MAX));
+        rest = after;
+        let final_bit = u8::from(last && index + 1 == chunks);
+        let len = chunk.len() as u16;
+        out.push(final_bit); // BFINAL, BTYPE 00 (stored), then padding to the byte
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
 }
 
 /// Raw deflate of one block, on its own (empty window). The last block ends the stream;
@@ -701,26 +767,29 @@ mod tests {
         decoded
     }
 
+    /// A xorshift sequence from `seed`: cheap, repeatable pseudo-random numbers.
+    fn xorshift(mut state: u64) -> impl Iterator<Item = u64> {
+        std::iter::repeat_with(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        })
+    }
+
     /// Bytes with a steep frequency curve: Huffman codes longer than the fast table.
     fn skewed_sample(len: usize) -> Vec<u8> {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state.trailing_zeros() * 7 + (state >> 60) as u32 % 3) as u8
-            })
+        xorshift(0x9e37_79b9_7f4a_7c15)
+            .take(len)
+            .map(|state| (state.trailing_zeros() * 7 + (state >> 60) as u32 % 3) as u8)
             .collect()
     }
 
     fn sample(len: usize) -> Vec<u8> {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        (0..len)
-            .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+        xorshift(0x2545_f491_4f6c_dd1d)
+            .take(len)
+            .enumerate()
+            .map(|(i, state)| {
                 // Half text-like, half noise: both compressible and not.
                 if (i / 4096) % 2 == 0 {
                     b"slug data "[i % 10]
@@ -728,6 +797,14 @@ mod tests {
                     state as u8
                 }
             })
+            .collect()
+    }
+
+    /// Noise, as compressed files are.
+    fn noise(len: usize) -> Vec<u8> {
+        xorshift(0x853c_49e6_748f_ea9b)
+            .take(len)
+            .map(|state| (state >> 24) as u8)
             .collect()
     }
 
@@ -780,6 +857,47 @@ mod tests {
         stream.extend(crc32fast::hash(&data).to_le_bytes());
         stream.extend((data.len() as u32).to_le_bytes());
         assert_eq!(gunzip(&stream), data);
+    }
+
+    #[test]
+    fn noise_is_stored_and_text_beside_it_still_deflated() {
+        let mut data = noise(2 * BLOCK_BYTES);
+        // A block of noise with one text stretch in the middle is not all noise.
+        let mut mixed = noise(BLOCK_BYTES);
+        let middle = BLOCK_BYTES / 2;
+        for (i, byte) in mixed[middle..middle + 64 * 1024].iter_mut().enumerate() {
+            *byte = b"slug data "[i % 10];
+        }
+        data.extend(&mixed);
+        data.extend(noise(12345));
+        let compressed = gzip(&data);
+        assert_eq!(gunzip(&compressed), data);
+        // Stored costs 5 bytes per 64 KiB; the mixed block's text shrinks by far more.
+        assert!(
+            compressed.len() < data.len() - 50_000,
+            "{}",
+            compressed.len()
+        );
+        let mut compressor = BlockCompressor::new(CompressionLvl::new(6).unwrap(), 6);
+        assert!(compressor.looks_incompressible(&data[..BLOCK_BYTES]));
+        assert!(!compressor.looks_incompressible(&mixed));
+    }
+
+    #[test]
+    fn stored_blocks_chain_and_end_the_stream() {
+        for len in [0, 1, STORED_MAX, STORED_MAX + 1, BLOCK_BYTES] {
+            let data = noise(len);
+            let mut stream = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+            stream.extend(stored_blocks(&data, false));
+            stream.extend(stored_blocks(b"tail", true));
+            stream.extend(crc32fast::hash(&[&data[..], b"tail"].concat()).to_le_bytes());
+            stream.extend(((len + 4) as u32).to_le_bytes());
+            assert_eq!(
+                gunzip(&stream),
+                [&data[..], b"tail"].concat(),
+                "length {len}"
+            );
+        }
     }
 
     #[test]
