@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use crate::api::Api;
 use crate::descriptor::Buildpack;
 use crate::env::Env;
 use crate::{files, Result};
@@ -124,12 +123,6 @@ fn os_release_value(text: &str, key: &str) -> Option<String> {
         let value = line.strip_prefix(key)?.strip_prefix('=')?;
         Some(value.trim().trim_matches('"').to_owned())
     })
-}
-
-/// The API of a buildpack, for messages.
-pub fn describe(buildpack: &Buildpack) -> String {
-    let api: Api = buildpack.api;
-    format!("{} (Buildpack API {api})", buildpack.label())
 }
 
 #[cfg(test)]
