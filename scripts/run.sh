@@ -20,6 +20,9 @@ ensure_stack_image
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/deis-builder/target}
 log "cargo build --release"
 (cd "$repo_root" && cargo build --release)
+# Cloud Native Buildpacks builds copy this static driver into the build container.
+ensure_cnb_driver
+export DEIS_BUILDER_CNB_DRIVER=${DEIS_BUILDER_CNB_DRIVER:-$DEIS_CNB_DRIVER}
 
 data_dir=${DEIS_DATA_DIR:-$HOME/.local/share/deis-builder}
 ssh_addr=${DEIS_SSH_ADDR:-0.0.0.0:2222}

@@ -236,6 +236,11 @@ pub struct ServeArgs {
     #[arg(long, env = "DEIS_BUILDER_BUILDPACK_MAX_SIZE", default_value = "1g")]
     pub buildpack_max_size: String,
 
+    /// The static `deis-cnb` binary copied into Cloud Native Buildpacks builds [default:
+    /// `deis-cnb` next to this executable, if there is one].
+    #[arg(long, env = "DEIS_BUILDER_CNB_DRIVER")]
+    pub cnb_driver: Option<PathBuf>,
+
     /// Private registry (HOST:PORT) that Dockerfile builds and imports are pushed to; without
     /// one, images stay in the local engine [default: from $DEIS_REGISTRY_SERVICE_HOST and
     /// $DEIS_REGISTRY_SERVICE_PORT when set]

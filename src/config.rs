@@ -198,6 +198,23 @@ impl Settings {
 }
 
 /// Limits and placement of build containers.
+/// `--cnb-driver`, checked; unset, a `deis-cnb` next to this executable.
+fn cnb_driver(given: Option<PathBuf>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(path) = given {
+        if !path.is_file() {
+            return Err(invalid(
+                "--cnb-driver",
+                format!("{} is not a file", path.display()),
+            ));
+        }
+        return Ok(Some(path));
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("deis-cnb")));
+    Ok(beside.filter(|path| path.is_file()))
+}
+
 fn build_settings(
     args: &ServeArgs,
     registry: Option<RegistrySettings>,
@@ -231,6 +248,7 @@ fn build_settings(
             .map(|name| stack_name("--stack-name", name))
             .transpose()?,
         egress: egress_settings(args)?,
+        cnb_driver: cnb_driver(args.cnb_driver.clone())?,
     })
 }
 
@@ -827,6 +845,10 @@ mod tests {
             ),
             (&["--buildpack-max-size", "0"][..], "--buildpack-max-size"),
             (&["--build-files", "mount"][..], "--build-files"),
+            (
+                &["--cnb-driver", "/nonexistent/deis-cnb"][..],
+                "--cnb-driver",
+            ),
         ] {
             let err = settings(args, &[]).unwrap_err();
             assert_eq!(err.setting, setting, "{args:?}");

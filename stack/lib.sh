@@ -6,6 +6,7 @@
 #   ensure_stack_image    the build and run images, built by build.sh when missing or stale
 #   ensure_runner_image   the slug runner image, rebuilt when the runner binary or the run
 #                         image changed
+#   ensure_cnb_driver     the static CNB driver binary (exports DEIS_CNB_DRIVER)
 #
 # stack/ensure.sh is the same from the command line (and --check only reports).
 #
@@ -142,29 +143,62 @@ ensure_stack_image() {
 
 # ---------------------------------------------------------------------- runner image
 
-# Builds slugrunner statically linked (glibc with crt-static) so it runs in any stack
-# image; prints the binary's path. Uses its own --target so the flags never touch the
-# host build of the builder.
-build_runner_binary() {
-    local repo_root target_dir triple
+# Builds slugrunner and the CNB driver (deis-cnb) statically linked (glibc with
+# crt-static) so they run in any stack image, in one cargo run; prints the path of the
+# package named by $1. Uses its own --target so the flags never touch the host build of
+# the builder.
+build_static_binary() {
+    local package=$1 repo_root target_dir triple
     repo_root=$(dirname "$_deis_stack_dir")
     target_dir=${CARGO_TARGET_DIR:-$HOME/.cache/deis-builder/target}
     triple=$(rustc -vV | awk '$1 == "host:" { print $2 }')
     [[ -n $triple ]] || die "cannot tell rustc's host target"
-    log "runner image: cargo build --release -p slugrunner --target $triple (static)"
+    log "static binaries: cargo build --release -p slugrunner -p deis-cnb --target $triple"
     (
         cd "$repo_root"
         RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
             CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
-            cargo build --release -p slugrunner --target "$triple" \
+            cargo build --release -p slugrunner -p deis-cnb --target "$triple" \
             --target-dir "$target_dir" </dev/null >&2
-    ) || die "building slugrunner failed"
-    local binary=$target_dir/$triple/release/slugrunner
+    ) || die "building $package failed"
+    local binary=$target_dir/$triple/release/$package
     # A static(-pie) binary lists no shared libraries ("=>" lines).
     if ldd "$binary" 2>/dev/null | grep -q '=>'; then
-        die "slugrunner is dynamically linked: $(ldd "$binary" | tr '\n' ' ')"
+        die "$package is dynamically linked: $(ldd "$binary" | tr '\n' ' ')"
     fi
     echo "$binary"
+}
+
+build_runner_binary() {
+    build_static_binary slugrunner
+}
+
+# The Cloud Native Buildpacks driver the builder copies into CNB builds
+# (--cnb-driver / DEIS_BUILDER_CNB_DRIVER): exports DEIS_CNB_DRIVER.
+ensure_cnb_driver() {
+    DEIS_CNB_DRIVER=$(build_static_binary deis-cnb) || die "building the CNB driver failed"
+    export DEIS_CNB_DRIVER
+}
+
+# The test suite's Rust CNB (fixtures/cnb/libcnb-hello, written with Heroku's libcnb from
+# crates.io), built statically in its own workspace and target dir; cargo makes a re-run a
+# no-op. Exports DEIS_IT_LIBCNB_BUILDPACK (the binary).
+ensure_cnb_fixtures() {
+    local repo_root target_dir triple started=$SECONDS
+    repo_root=$(dirname "$_deis_stack_dir")
+    target_dir=${CARGO_TARGET_DIR:-$HOME/.cache/deis-builder/target}/libcnb-fixture
+    triple=$(rustc -vV | awk '$1 == "host:" { print $2 }')
+    [[ -n $triple ]] || die "cannot tell rustc's host target"
+    (
+        cd "$repo_root/fixtures/cnb/libcnb-hello"
+        RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+            CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+            cargo build --release --locked --target "$triple" --target-dir "$target_dir" \
+            </dev/null >&2
+    ) || die "building the libcnb test buildpack failed"
+    DEIS_IT_LIBCNB_BUILDPACK=$target_dir/$triple/release/libcnb-hello
+    export DEIS_IT_LIBCNB_BUILDPACK
+    log "libcnb test buildpack: $DEIS_IT_LIBCNB_BUILDPACK ($((SECONDS - started))s)"
 }
 
 # Builds $DEIS_RUNNER_IMAGE FROM $DEIS_STACK_RUN_IMAGE with the legacy builder (which never

@@ -41,61 +41,6 @@ fn timed_push(app: &App, builder: &Builder, name: &str, key: &Key) -> (Pushed, D
     (pushed, started.elapsed())
 }
 
-/// A slug the builder stored (local storage), running as `start web` in the runner image
-/// on the host network; returns once `GET /` answers 200 with `expected` in the body.
-struct RunningSlug {
-    container: RunnerContainer,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RunningSlug {
-    fn start(builder: &Builder, app: &App, name: &str, expected: &str) -> RunningSlug {
-        let sha8 = &app.head()[..8];
-        let stored = builder.storage_path(&format!("home/{name}:git-{sha8}/push/slug.tgz"));
-        assert!(stored.is_file(), "no slug at {}", stored.display());
-        // The runner runs as uid 1000: give it a readable copy.
-        let dir = tempfile::tempdir().unwrap();
-        let slug = dir.path().join("slug.tgz");
-        std::fs::copy(&stored, &slug).unwrap();
-        set_mode(&slug, 0o644);
-        let port = free_port();
-        let container = RunnerContainer::start(&[
-            "-v".into(),
-            format!("{}:/slugs/slug.tgz:ro", slug.display()),
-            "-e".into(),
-            "SLUG_URL=/slugs/slug.tgz".into(),
-            "-e".into(),
-            format!("PORT={port}"),
-            "--network".into(),
-            "host".into(),
-            runner_image(),
-            "start".into(),
-            "web".into(),
-        ]);
-        let mut last = None;
-        let answered = eventually(Duration::from_secs(60), || {
-            last = http_get(port, "/");
-            last.as_ref()
-                .is_some_and(|(status, body)| *status == 200 && body.contains(expected))
-        });
-        assert!(
-            answered,
-            "{name} never answered {expected:?} on port {port} (last answer {last:?}):\n{}",
-            container.logs()
-        );
-        RunningSlug {
-            container,
-            port,
-            _dir: dir,
-        }
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-}
-
 /// The ` !     ` lines a buildpack printed (the driver's and the builder's own closing
 /// lines left out).
 fn advice_lines(output: &str) -> Vec<&str> {

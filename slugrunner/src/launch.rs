@@ -1,13 +1,16 @@
 //! What to run (a process type or a command) and running it: `bash -c` with the app's
 //! profile scripts sourced first, exec'd in place of the runner so the app is the process
-//! that receives the container's signals.
+//! that receives the container's signals. A slug built by Cloud Native Buildpacks
+//! (`.cnb/launch.toml`) runs in its launch environment: layer `env/` and `env.launch/`
+//! files, `exec.d` output and `profile.d` scripts, and its processes run as declared.
 
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use deis_cnb::launch::Metadata;
 use deis_slug::{self as slug, ProcessTypes};
 
 use crate::RunnerError;
@@ -101,11 +104,17 @@ fn read_metadata(path: &Path) -> Result<Option<String>, RunnerError> {
         .map_err(|_| unreadable("not UTF-8 text".to_owned()))
 }
 
-/// The bash script that prepares the environment; `$1` (or `"$@"`) is then exec'd.
-fn profile_script(app_dir: &Path, tail: &str) -> String {
+/// The bash script that prepares the environment; `$1` (or `"$@"`) is then exec'd. A CNB
+/// slug's layer `profile.d` scripts come first.
+fn profile_script(app_dir: &Path, layer_scripts: &[PathBuf], tail: &str) -> String {
     let app = shell_quote(&app_dir.display().to_string());
+    let layers: String = layer_scripts
+        .iter()
+        .map(|script| format!(". {}\n", shell_quote(&script.display().to_string())))
+        .collect();
     format!(
         "cd {app} || exit 1\n\
+         {layers}\
          for slugrunner_profile in {app}/.profile.d/*.sh; do\n\
          \x20 if [ -f \"$slugrunner_profile\" ]; then . \"$slugrunner_profile\"; fi\n\
          done\n\
@@ -129,10 +138,56 @@ pub enum Launch {
     /// `start <word>` where the word is no declared process type: run as a program, as
     /// `start <program> <args…>` would; `unrunnable` is the error if bash cannot run it.
     NotAType { program: String, unrunnable: String },
+    /// A CNB process run directly: its program and arguments, in its working directory.
+    Process {
+        name: String,
+        argv: Vec<String>,
+        working_dir: Option<String>,
+    },
 }
 
-/// Turns the invocation into what to run, looking process types up in the app.
-pub fn resolve(app_dir: &Path, invocation: Invocation) -> Result<Launch, RunnerError> {
+impl Launch {
+    /// The process type it starts, if any (CNB `env.launch/<type>/`, `exec.d/<type>/`).
+    fn process_type(&self) -> Option<&str> {
+        match self {
+            Launch::Process { name, .. } => Some(name),
+            Launch::Line { name, .. } if name != "slugrunner" => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Turns the invocation into what to run, looking process types up in the app: the
+/// Procfile first, then a CNB slug's processes, then the release's defaults.
+pub fn resolve(
+    app_dir: &Path,
+    invocation: Invocation,
+    cnb: Option<&Metadata>,
+) -> Result<Launch, RunnerError> {
+    if let (Invocation::ProcessType(name), Some(metadata)) = (&invocation, cnb) {
+        let in_procfile = match read_metadata(&app_dir.join("Procfile"))? {
+            Some(text) => slug::parse_procfile(&text)
+                .map_err(RunnerError::Procfile)?
+                .get(name)
+                .is_some(),
+            None => false,
+        };
+        let process = metadata.processes.iter().find(|p| &p.kind == name);
+        if let (false, Some(process)) = (in_procfile, process) {
+            return Ok(if process.direct {
+                Launch::Process {
+                    name: name.clone(),
+                    argv: process.argv(),
+                    working_dir: process.working_dir.clone(),
+                }
+            } else {
+                Launch::Line {
+                    name: name.clone(),
+                    line: process.command_line(),
+                }
+            });
+        }
+    }
     match invocation {
         Invocation::Command(args) => Ok(Launch::Program(args)),
         Invocation::CommandLine(line) => Ok(Launch::Line {
@@ -163,20 +218,54 @@ pub fn resolve(app_dir: &Path, invocation: Invocation) -> Result<Launch, RunnerE
     }
 }
 
-/// Replaces this process with bash running `launch` after the profile scripts. Returns
-/// only on failure.
-pub fn exec(app_dir: &Path, launch: &Launch) -> RunnerError {
-    RunnerError::Exec(command(app_dir, launch).exec())
+/// Replaces this process with bash running `launch` after the profile scripts (in a CNB
+/// slug's launch environment). Returns only on failure.
+pub fn exec(app_dir: &Path, launch: &Launch, cnb: Option<&Metadata>) -> RunnerError {
+    match command(app_dir, launch, cnb) {
+        Ok(mut command) => RunnerError::Exec(command.exec()),
+        Err(error) => error,
+    }
 }
 
 /// The bash command that runs `launch` after the profile scripts.
-fn command(app_dir: &Path, launch: &Launch) -> Command {
+fn command(
+    app_dir: &Path,
+    launch: &Launch,
+    cnb: Option<&Metadata>,
+) -> Result<Command, RunnerError> {
     let mut command = Command::new("bash");
     command.arg("-c");
+    let mut layer_scripts = Vec::new();
+    if let Some(metadata) = cnb {
+        let mut base = deis_cnb::env::Env::from_process();
+        base.set("HOME", app_dir.display().to_string());
+        let launch_env =
+            deis_cnb::launch::launch_env(app_dir, metadata, launch.process_type(), base)
+                .map_err(RunnerError::Cnb)?;
+        command.env_clear().envs(launch_env.env.to_os());
+        layer_scripts = launch_env.profile_scripts;
+    }
     match launch {
+        Launch::Process {
+            name,
+            argv,
+            working_dir,
+        } => {
+            let dir = working_dir
+                .as_deref()
+                .map_or_else(|| app_dir.to_owned(), |dir| app_dir.join(dir));
+            let tail = format!(
+                "cd {} || exit 1\nexec \"$@\"",
+                shell_quote(&dir.display().to_string())
+            );
+            command
+                .arg(profile_script(app_dir, &layer_scripts, &tail))
+                .arg(name)
+                .args(argv);
+        }
         Launch::Program(args) => {
             command
-                .arg(profile_script(app_dir, "exec \"$@\""))
+                .arg(profile_script(app_dir, &layer_scripts, "exec \"$@\""))
                 .arg("slugrunner")
                 .args(args);
         }
@@ -194,7 +283,7 @@ fn command(app_dir: &Path, launch: &Launch) -> Command {
                 shell_quote(&format!("slugrunner: error: {unrunnable}"))
             );
             command
-                .arg(profile_script(app_dir, &tail))
+                .arg(profile_script(app_dir, &layer_scripts, &tail))
                 .arg("slugrunner")
                 .arg(program);
         }
@@ -203,7 +292,11 @@ fn command(app_dir: &Path, launch: &Launch) -> Command {
             // no shell lingers in between: the app (or bash running it) gets the signals,
             // and bash execs a lone simple command itself.
             command
-                .arg(profile_script(app_dir, "exec bash -c \"$1\" \"$0\""))
+                .arg(profile_script(
+                    app_dir,
+                    &layer_scripts,
+                    "exec bash -c \"$1\" \"$0\"",
+                ))
                 .arg(name)
                 .arg(line);
         }
@@ -212,7 +305,7 @@ fn command(app_dir: &Path, launch: &Launch) -> Command {
     if std::env::var_os("PORT").is_none_or(|port| port.is_empty()) {
         command.env("PORT", DEFAULT_PORT);
     }
-    command
+    Ok(command)
 }
 
 #[cfg(test)]
@@ -270,7 +363,7 @@ mod tests {
     }
 
     fn resolve_word(app_dir: &Path, word: &str) -> Result<Launch, RunnerError> {
-        resolve(app_dir, Invocation::parse(args(&["start", word]))?)
+        resolve(app_dir, Invocation::parse(args(&["start", word]))?, None)
     }
 
     #[test]
@@ -341,7 +434,8 @@ mod tests {
         std::fs::write(dir.path().join("Procfile"), "web: ./server\n").unwrap();
         let app_dir = dir.path().canonicalize().unwrap();
 
-        let pwd = command(&app_dir, &resolve_word(&app_dir, "pwd").unwrap())
+        let pwd = command(&app_dir, &resolve_word(&app_dir, "pwd").unwrap(), None)
+            .unwrap()
             .output()
             .unwrap();
         assert!(pwd.status.success(), "{pwd:?}");
@@ -353,7 +447,9 @@ mod tests {
         let missing = command(
             &app_dir,
             &resolve_word(&app_dir, "no-such-program").unwrap(),
+            None,
         )
+        .unwrap()
         .output()
         .unwrap();
         assert_eq!(missing.status.code(), Some(127), "{missing:?}");
@@ -365,6 +461,42 @@ mod tests {
             ),
             "{stderr}"
         );
+    }
+
+    #[test]
+    fn a_cnb_process_runs_directly_in_its_launch_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let app_dir = dir.path().canonicalize().unwrap();
+        let layer = app_dir.join(".cnb/layers/example/runtime");
+        std::fs::create_dir_all(layer.join("env.launch")).unwrap();
+        std::fs::create_dir_all(layer.join("profile.d")).unwrap();
+        std::fs::write(layer.join("env.launch/GREETING"), "hello from a layer").unwrap();
+        std::fs::write(layer.join("profile.d/p.sh"), "export PROFILED=yes\n").unwrap();
+        let metadata: Metadata = toml::from_str(
+            "[[buildpacks]]\nid = \"example\"\nversion = \"1\"\napi = \"0.10\"\ndir = \"example\"\n\
+             layers = [\"runtime\"]\n[[processes]]\ntype = \"web\"\n\
+             command = [\"sh\", \"-c\", \"echo \\\"$GREETING $PROFILED $0\\\"\"]\nargs = [\"x y\"]\n\
+             direct = true\nbuildpack = \"example\"\n",
+        )
+        .unwrap();
+        let invocation = Invocation::parse(args(&["start", "web"])).unwrap();
+        let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
+        assert!(matches!(launch, Launch::Process { .. }), "{launch:?}");
+        let output = command(&app_dir, &launch, Some(&metadata))
+            .unwrap()
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim_end(),
+            "hello from a layer yes x y"
+        );
+
+        // A Procfile entry wins over the buildpack's process.
+        std::fs::write(app_dir.join("Procfile"), "web: echo from-procfile\n").unwrap();
+        let invocation = Invocation::parse(args(&["start", "web"])).unwrap();
+        let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
+        assert!(matches!(launch, Launch::Line { .. }), "{launch:?}");
     }
 
     #[test]

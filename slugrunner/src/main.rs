@@ -56,6 +56,8 @@ pub enum RunnerError {
     Release(ReleaseError),
     #[error("cannot start bash: {0}")]
     Exec(std::io::Error),
+    #[error("cannot prepare the launch environment: {0}")]
+    Cnb(deis_cnb::Error),
 }
 
 impl RunnerError {
@@ -94,18 +96,23 @@ fn run(args: Vec<OsString>) -> RunnerError {
     if let Err(error) = prepare_app(app_dir) {
         return error;
     }
-    match launch::resolve(app_dir, invocation) {
+    let cnb = match deis_cnb::launch::read(app_dir) {
+        Ok(cnb) => cnb,
+        Err(error) => return RunnerError::Cnb(error),
+    };
+    match launch::resolve(app_dir, invocation, cnb.as_ref()) {
         Ok(launch) => {
             match &launch {
                 Launch::Line { name, line } => tracing::info!("starting {name}: {line}"),
                 Launch::Program(args) => tracing::info!("starting {args:?}"),
+                Launch::Process { name, argv, .. } => tracing::info!("starting {name}: {argv:?}"),
                 Launch::NotAType { program, .. } => {
                     tracing::info!(
                         "{program:?} is no process type of the slug: starting it as a command"
                     )
                 }
             }
-            launch::exec(app_dir, &launch)
+            launch::exec(app_dir, &launch, cnb.as_ref())
         }
         Err(error) => error,
     }

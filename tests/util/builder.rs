@@ -79,6 +79,10 @@ impl Builder {
             ("DEIS_BUILDER_STACK_IMAGE".to_owned(), stack_image()),
             ("DEIS_BUILDER_BUILD_NETWORK".to_owned(), "none".to_owned()),
         ];
+        // The static CNB driver scripts/test.sh builds; without it CNB pushes are refused.
+        if let Ok(driver) = std::env::var("DEIS_IT_CNB_DRIVER") {
+            envs.push(("DEIS_BUILDER_CNB_DRIVER".to_owned(), driver));
+        }
         match &options.storage {
             Storage::Local => {}
             Storage::S3 { bucket } => {

@@ -53,7 +53,7 @@ pub use self::{
     docker::{containers_of, docker, release_waiting_build, running_containers_of, LocalImages},
     git::{App, Pushed},
     keys::Key,
-    runner::{run_runner, run_runner_kept, runner_image, RunnerContainer},
+    runner::{run_runner, run_runner_kept, runner_image, RunnerContainer, RunningSlug},
     s3::S3,
     servers::{OneFileServer, StaticServer},
     slugs::{sha256_file, slug_entries},

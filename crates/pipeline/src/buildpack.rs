@@ -52,6 +52,8 @@ struct BuildInputs {
     ssh_key: Option<String>,
     ca_bundle: Option<std::sync::Arc<[u8]>>,
     submodules: Vec<FetchedSubmodule>,
+    /// Set for a Cloud Native Buildpacks build.
+    cnb: Option<super::cnb::CnbBuild>,
 }
 
 /// What the prepare stage hands on to the later ones.
@@ -160,14 +162,22 @@ impl Pipeline {
         let buildpacks = self
             .fetch_buildpacks(push, config, &fetcher, &workspace, out)
             .await?;
+        let (buildpacks, cnb) = self
+            .select_cnb(push, buildpacks, &fetcher, &workspace, out)
+            .await?;
+        // A CNB slug's launch layers are not the app's files: .slugignore leaves them be.
+        let ignore = match cnb {
+            Some(_) => ignore.keeping(deis_cnb::CNB_DIR),
+            None => ignore,
+        };
         let submodules =
             submodule::fetch_all(&push.source, &push.commit, &fetcher, &workspace, out).await?;
         let cache = self.prepare_cache(push, config, &workspace, out).await;
         // The driver runs every buildpack listed, in order, without detection.
-        let selection = if buildpacks.is_some() {
-            "listed"
-        } else {
-            "detect"
+        let selection = match (&cnb, &buildpacks) {
+            (Some(_), _) => "cnb",
+            (None, Some(_)) => "listed",
+            (None, None) => "detect",
         };
         let archive = BuildInputs {
             push_env: format!(
@@ -180,6 +190,7 @@ impl Pipeline {
             ssh_key,
             ca_bundle: self.stack.ca_bundle.clone(),
             submodules,
+            cnb,
         };
         Ok(Prepared {
             workspace,
@@ -464,6 +475,8 @@ impl Pipeline {
                     ca_bundle: inputs.ca_bundle.as_deref(),
                     submodules: &inputs.submodules,
                     push_env: &inputs.push_env,
+                    keep_source: inputs.cnb.as_ref().and_then(|cnb| cnb.filter.as_deref()),
+                    cnb_driver: inputs.cnb.as_ref().map(|cnb| cnb.driver.as_path()),
                 };
                 input::write(source, &inputs.config, &extras, w)
             }))

@@ -21,7 +21,7 @@ pub const BUILDPACK_MAX_ENTRIES: u64 = 100_000;
 pub const BUILDPACK_MAX_DEPTH: usize = 64;
 /// Where fetched buildpacks lie in the build container (see `buildpacks/README.md`): a
 /// tarball's absolute links may point only into its own directory there.
-const CONTAINER_BUILDPACKS_DIR: &str = "/build/buildpacks";
+pub(super) const CONTAINER_BUILDPACKS_DIR: &str = "/build/buildpacks";
 /// Most buildpacks a `.buildpacks` file may list.
 pub const MAX_BUILDPACKS: usize = 20;
 /// Longest stderr excerpt of a failed git/curl quoted to the developer.
@@ -185,28 +185,34 @@ impl BuildpackUrl {
             .iter()
             .find_map(|ext| last.strip_suffix(ext))
             .unwrap_or(last);
-        let name: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .take(40)
-            .collect();
-        if name.trim_matches('-').is_empty() {
-            "buildpack".to_owned()
-        } else {
-            name
-        }
+        directory_name(stem)
     }
 }
 
 impl std::fmt::Display for BuildpackUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.shown())
+    }
+}
+
+/// A buildpack's directory-friendly name: lowercase letters and digits, `-` for the rest,
+/// at most 40 characters; `buildpack` when nothing is left.
+pub(super) fn directory_name(stem: &str) -> String {
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    if name.trim_matches('-').is_empty() {
+        "buildpack".to_owned()
+    } else {
+        name
     }
 }
 
@@ -324,7 +330,7 @@ impl Fetcher {
         }
     }
 
-    /// Fetches `url` into `workspace/<index>-<name>` and checks it has `bin/compile`.
+    /// Fetches `url` into `workspace/<index>-<name>` and checks it is a buildpack.
     pub async fn fetch(
         &self,
         url: &BuildpackUrl,
@@ -356,11 +362,13 @@ impl Fetcher {
                 (root, url.shown())
             }
         };
-        let compile = root.join("bin/compile");
-        if !tokio::fs::try_exists(&compile).await.unwrap_or(false) {
+        // A classic buildpack has bin/compile, a Cloud Native Buildpack buildpack.toml.
+        let exists =
+            |path: PathBuf| async move { tokio::fs::try_exists(path).await.unwrap_or(false) };
+        if !exists(root.join("bin/compile")).await && !exists(root.join("buildpack.toml")).await {
             return Err(FetchError::NotABuildpack {
                 url: url.shown(),
-                reason: "it has no bin/compile".to_owned(),
+                reason: "it has neither bin/compile nor buildpack.toml".to_owned(),
             });
         }
         Ok(FetchedBuildpack {
@@ -713,7 +721,7 @@ fn unpack_tarball(
 
 /// What a refused tarball tells the developer, in a buildpack's terms (the unpacker's own
 /// messages speak of slugs).
-fn unpack_refusal(url: &str, error: UnpackError) -> FetchError {
+pub(super) fn unpack_refusal(url: &str, error: UnpackError) -> FetchError {
     let over = |reason: String| FetchError::OverLimit {
         url: url.to_owned(),
         reason,

@@ -43,7 +43,14 @@ pub struct Extras<'a> {
     /// `NAME=value` lines the driver reads at start (`/build/push.env`): what only the push
     /// knows, so that the container can be created before it arrives.
     pub push_env: &'a str,
+    /// Which source paths go into `/app` (`project.toml`'s include/exclude); all without.
+    pub keep_source: Option<&'a super::cnb::SourceFilter>,
+    /// The Cloud Native Buildpacks driver, copied to [`CNB_DRIVER`] for CNB builds.
+    pub cnb_driver: Option<&'a Path>,
 }
+
+/// Where the CNB driver goes; `bin/build` hands over to it (`BUILDPACK_SELECTION=cnb`).
+pub const CNB_DRIVER: &str = "/build/bin/cnb";
 
 /// Writes the build input archive to `out`. `source` is a tar of the app tree (git archive).
 pub fn write(
@@ -63,7 +70,12 @@ pub fn write(
     ] {
         tar.dir(dir, 0o755)?;
     }
-    copy_source(source, &mut tar)?;
+    match extras.keep_source {
+        Some(filter) => copy_tree(source, &mut tar, "app/", &|path, is_dir| {
+            filter.keeps(path, is_dir)
+        })?,
+        None => copy_source(source, &mut tar)?,
+    }
     for submodule in extras.submodules {
         let target = format!("app/{}", submodule.path);
         append_host_dir(&mut tar, &submodule.dir, &target, &|_, _| true)?;
@@ -87,6 +99,11 @@ pub fn write(
     }
     if let Some(key) = extras.ssh_key {
         append_ssh(&mut tar, key)?;
+    }
+    if let Some(driver) = extras.cnb_driver {
+        let mut file = std::fs::File::open(driver)?;
+        let size = file.metadata()?.len();
+        tar.file_from(CNB_DRIVER.trim_start_matches('/'), 0o755, size, &mut file)?;
     }
     tar.file("build/push.env", 0o644, extras.push_env.as_bytes())?;
     if let Some(bundle) = extras.ca_bundle {
@@ -406,6 +423,8 @@ mod tests {
             ca_bundle: Some(b"-----BEGIN CERTIFICATE-----\n"),
             submodules: &[],
             push_env: "SOURCE_VERSION=abc\n",
+            keep_source: None,
+            cnb_driver: None,
         };
         let mut out = Vec::new();
         write(&source[..], &BTreeMap::new(), &extras, &mut out).unwrap();

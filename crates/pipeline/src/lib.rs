@@ -4,6 +4,7 @@
 mod archive;
 pub mod buildpack;
 pub mod cache;
+mod cnb;
 mod dockerfile;
 mod fetch;
 mod import;

@@ -32,6 +32,9 @@ pub struct BuildSettings {
     pub stack_name: Option<String>,
     /// What builds get to reach package registries through a corporate network.
     pub egress: EgressSettings,
+    /// The static Cloud Native Buildpacks driver (`deis-cnb`) copied into CNB builds;
+    /// without one, a push that selects CNBs is refused.
+    pub cnb_driver: Option<PathBuf>,
 }
 
 /// Extra trust and proxies for builds. `Debug` shows proxy URLs without credentials.

@@ -48,10 +48,24 @@ impl Source {
     /// Streams the tree of `commit` as a tar archive (no `.git`). The stream ends with an
     /// error, not early, if git fails, so a consumer never takes a truncated tree for a whole one.
     pub fn archive(&self, commit: &CommitId) -> Result<deis_types::pipe::ByteStream, SourceError> {
+        self.archive_tree(commit.as_str())
+    }
+
+    /// The directory `dir` of `commit` as a tar archive, its entries relative to it (a
+    /// buildpack the app carries).
+    pub fn archive_dir(
+        &self,
+        commit: &CommitId,
+        dir: &str,
+    ) -> Result<deis_types::pipe::ByteStream, SourceError> {
+        self.archive_tree(&format!("{commit}:{dir}"))
+    }
+
+    fn archive_tree(&self, tree: &str) -> Result<deis_types::pipe::ByteStream, SourceError> {
         use futures_util::StreamExt;
         let mut child = self
             .command()
-            .args(["archive", "--format=tar", commit.as_str()])
+            .args(["archive", "--format=tar", tree])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -325,6 +325,7 @@ impl World {
             work_dir: dir.path().join("tmp"),
             stack_name: None,
             egress: EgressSettings::default(),
+            cnb_driver: None,
         };
         tune(&mut settings);
         let pipeline = Pipeline {

@@ -13,6 +13,8 @@
 pub struct SlugIgnore {
     patterns: Vec<Pattern>,
     warnings: Vec<String>,
+    /// Top-level directories no pattern applies to (a CNB slug's layers).
+    kept_dirs: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +105,12 @@ impl SlugIgnore {
         self.patterns.is_empty()
     }
 
+    /// The same rules, except that nothing in the top-level directory `dir` is ignored.
+    pub fn keeping(mut self, dir: &str) -> SlugIgnore {
+        self.kept_dirs.push(dir.to_owned());
+        self
+    }
+
     /// `path` is relative to the app root, `/`-separated, no leading `./`. A path is
     /// ignored when it or any ancestor matches.
     pub fn is_ignored(&self, path: &str, is_dir: bool) -> bool {
@@ -113,6 +121,12 @@ impl SlugIgnore {
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
             .collect();
+        if components
+            .first()
+            .is_some_and(|top| self.kept_dirs.iter().any(|kept| kept == top))
+        {
+            return false;
+        }
         let mut ignored = false;
         for pattern in &self.patterns {
             let hit = (1..=components.len()).any(|len| {
@@ -327,6 +341,18 @@ fn token_matches(token: &Token, c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_top_level_directory_is_never_ignored() {
+        let ignore = SlugIgnore::parse("*.sh\n.*\nbin/\n").keeping(".cnb");
+        assert!(!ignore.is_ignored(".cnb", true));
+        assert!(!ignore.is_ignored(".cnb/layers/x/bin/run.sh", false));
+        assert!(
+            ignore.is_ignored("app/.cnb", true),
+            "only the top-level one"
+        );
+        assert!(ignore.is_ignored("setup.sh", false));
+    }
 
     #[test]
     fn matching_table() {
