@@ -12,6 +12,9 @@ figure, its ratio to the baseline or target, and a Markdown summary for BENCHMAR
   #5 20 pushes at once to distinct apps: all succeed, builder peak RSS (VmHWM)
   #6 one push of a 1 GB repo (~1 GB slug): builder peak RSS (VmHWM)
   #7 a Dockerfile push to the registry: the builder's part vs docker build + docker push
+  #10 replicas: 20 pushes at once to distinct apps over 3 builders on one bucket vs 1 builder
+      (wall time, each builder's peak RSS)
+  #11 what an app lease adds to an uncontended push on S3 (take + confirm, from the log)
 """
 
 import argparse
@@ -227,7 +230,8 @@ class RssSampler:
 class Builder:
     """A `deis-builder serve` of its own (standalone controller), JSON logs in a file."""
 
-    def __init__(self, ctx: Context, name: str, s3: bool, extra=()):
+    def __init__(self, ctx: Context, name: str, s3: bool, extra=(), shared_bucket: Optional[str] = None):
+        """`shared_bucket`: a replica on a bucket the caller deletes (implies S3)."""
         self.ctx = ctx
         self.dir = ctx.work / name
         data = self.dir / "data"
@@ -239,7 +243,9 @@ class Builder:
                 "--http-addr", f"127.0.0.1:{self.http_port}", "--log-format", "json"]
         if ctx.args.stack_image:
             args += ["--stack-image", ctx.args.stack_image]
-        if s3:
+        if shared_bucket:
+            args += ["--storage", f"s3://{shared_bucket}", "--s3-endpoint", ctx.args.s3_endpoint]
+        elif s3:
             self.bucket = f"bench-{name}-{random.randrange(16**8):08x}"
             args += ["--storage", f"s3://{self.bucket}", "--s3-endpoint", ctx.args.s3_endpoint]
         args += list(extra)
@@ -556,6 +562,74 @@ def bench_many(ctx: Context, runs: int, s3: bool) -> Figure:
     return fig
 
 
+def bench_replicas(ctx: Context, runs: int) -> Figure:
+    """#10. 20 pushes at once to distinct apps, spread over 3 builders on one bucket, vs the
+    same 20 through 1 builder on a bucket of its own (same machine, same engine)."""
+    count = ctx.args.concurrent
+    app_dir = small_app(ctx, ctx.work / "replicas-app")
+    walls = {1: [], 3: []}
+    peaks, failures = [], []
+    for run in range(runs):
+        for replicas in (1, 3):
+            bucket = f"bench-replicas{replicas}-{run}-{random.randrange(16**8):08x}"
+            builders = [Builder(ctx, f"replicas{replicas}-{run}-{i}", s3=True, shared_bucket=bucket)
+                        for i in range(replicas)]
+            try:
+                started = time.perf_counter()
+                with concurrent.futures.ThreadPoolExecutor(count) as pool:
+                    results = list(pool.map(
+                        lambda i: ctx.push(app_dir, builders[i % replicas].remote(f"r{replicas}-{run}-{i:02d}"),
+                                           "master", builders[i % replicas].ssh_port, 600),
+                        range(count)))
+                wall = time.perf_counter() - started
+                rss = [builder.peak_rss_mib() for builder in builders]
+            finally:
+                for builder in builders:
+                    builder.stop()
+                delete_bucket(ctx, bucket)
+            failed = [out for ok, _, out in results if not ok or "deployed" not in out]
+            failures.extend(failed)
+            walls[replicas].append(wall)
+            if replicas == 3:
+                peaks.extend(rss)
+            log(f"#10 run {run + 1}, {replicas} builder(s): {count - len(failed)}/{count} deployed in "
+                f"{wall:.1f}s, peak RSS {' / '.join(f'{mb:.0f}' for mb in rss)} MB")
+    fig = Figure("10", f"{count} pushes at once over 3 builders on one bucket: wall time", "s", walls[3],
+                 baseline=walls[1], baseline_name="1 builder", target="all succeed")
+    fig.met = not failures
+    fig.notes.append(f"each of the 3 builders' peak RSS (min/median/max): {spread(peaks, 'MB')}; "
+                     f"{len(failures)} of {2 * count * runs} pushes failed; one machine, one engine, "
+                     "so 3 builders share the same 2 cores")
+    if failures:
+        fig.notes.append("first failure: " + failures[0].strip().splitlines()[-1][:200])
+    return fig
+
+
+def bench_lease_cost(ctx: Context, runs: int) -> Figure:
+    """#11. What an app lease adds to an uncontended push on S3: taking it before
+    receive-pack plus confirming it before the release (renewals and the release run off
+    the push's path), from the builder's own log events."""
+    app_dir = small_app(ctx, ctx.work / "lease-app")
+    builder = Builder(ctx, "lease", s3=True)
+    costs = []
+    try:
+        for run in range(runs):
+            new_commit(ctx, app_dir, f"lease {run}")
+            ok, _, output = ctx.push(app_dir, builder.remote("lease"), "master", builder.ssh_port, 300)
+            if not ok:
+                raise RuntimeError(f"push failed:\n{output}")
+        taken = [float(e["lease_ms"]) for e in builder.events("took the app's lease")]
+        confirmed = [float(e["confirm_ms"]) for e in builder.events("confirmed the app's lease before the release")]
+        costs = [t + c for t, c in zip(taken, confirmed)]
+    finally:
+        builder.stop()
+    fig = Figure("11", "what an app lease adds to an uncontended push (S3, moto)", "ms", costs,
+                 target="-")
+    fig.notes.append(f"take (min/median/max): {spread(taken, 'ms')}; confirm before the release: "
+                     f"{spread(confirmed, 'ms')}")
+    return fig
+
+
 def bench_big(ctx: Context, runs: int, s3: bool) -> Figure:
     """#6. A 1 GB repo of incompressible files, so the slug is ~1 GB too."""
     size = ctx.args.big_mb * MIB
@@ -841,7 +915,7 @@ def main() -> int:
     parser.add_argument("--exe", required=True, help="the deis-builder binary (release build)")
     parser.add_argument("--quick", action="store_true", help="fewer runs, smaller #6 (256 MB)")
     parser.add_argument("--runs", type=int, help="runs per timed figure (default 5, quick 3)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9", help="comma-separated figure numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11", help="comma-separated figure numbers")
     parser.add_argument("--registry", help="registry host:port for #7 (skipped without)")
     parser.add_argument("--s3-endpoint", help="S3 server for #4 (S3), #5 and #6; local storage without")
     parser.add_argument("--s3-python", help="a python with boto3, to delete benchmark buckets")
@@ -900,31 +974,21 @@ def main() -> int:
                 if result:
                     figures.append(result[0])
                     print_figure(result[0])
-        if "5" in only:
-            fig = attempt("#5", lambda: bench_many(ctx, 1 if args.quick else 2, s3))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "6" in only:
-            fig = attempt("#6", lambda: bench_big(ctx, 1, s3))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "7" in only and args.registry:
-            fig = attempt("#7", lambda: bench_dockerfile(ctx, max(runs, 4)))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "8" in only and s3:
-            fig = attempt("#8", lambda: bench_small_push(ctx, max(runs, 5) * 2))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
-        if "9" in only and s3:
-            fig = attempt("#9", lambda: bench_beyond_receive(ctx, runs))
-            if fig:
-                figures.append(fig)
-                print_figure(fig)
+        optional = [
+            ("5", True, lambda: bench_many(ctx, 1 if args.quick else 2, s3)),
+            ("6", True, lambda: bench_big(ctx, 1, s3)),
+            ("7", bool(args.registry), lambda: bench_dockerfile(ctx, max(runs, 4))),
+            ("8", s3, lambda: bench_small_push(ctx, max(runs, 5) * 2)),
+            ("9", s3, lambda: bench_beyond_receive(ctx, runs)),
+            ("10", s3, lambda: bench_replicas(ctx, 1)),
+            ("11", s3, lambda: bench_lease_cost(ctx, max(runs, 5) * 2)),
+        ]
+        for number, possible, work in optional:
+            if number in only and possible:
+                fig = attempt(f"#{number}", work)
+                if fig:
+                    figures.append(fig)
+                    print_figure(fig)
     finally:
         ctx.cleanup()
     context["load_after"] = load_average()

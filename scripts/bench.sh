@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks command: runs the nine benchmarks of BENCHMARKS.md side by side with their
+# The benchmarks command: runs the benchmarks of BENCHMARKS.md side by side with their
 # baselines on this machine, prints min/median/max and ratios, and a Markdown summary for
 # BENCHMARKS.md. Installs and starts what it needs (Docker engine, stack image, moto S3,
 # s3s-fs, OpenSSH server, awscli), all on loopback, reused when already there.
@@ -43,7 +43,7 @@ exe=$CARGO_TARGET_DIR/release/deis-builder
 command_line="scripts/bench.sh${*:+ $*}"
 quick=''
 bench_args=()
-only=1,2,3,4,5,6,7,8,9
+only=1,2,3,4,5,6,7,8,9,10,11
 while (($#)); do
     case $1 in
         --quick) quick=1 bench_args+=("$1") ;;

@@ -305,6 +305,17 @@ pub struct ServeArgs {
     #[arg(long, env = "DEIS_BUILDER_LOCK_WAIT", default_value = "5m")]
     pub lock_wait: String,
 
+    /// With S3 storage shared by several builders: an app's lease not renewed for this long
+    /// (its builder died or lost the store) may be taken over by another builder, e.g. `30s`.
+    #[arg(long, env = "DEIS_BUILDER_LEASE_TTL", default_value = "30s")]
+    pub lease_ttl: String,
+
+    /// With S3 storage: the most bytes of saved git objects fetched to bring a builder's
+    /// copy of an app's repository up to date before a push, e.g. `1g`; over it, the push
+    /// sends the whole history instead.
+    #[arg(long, env = "DEIS_BUILDER_REPO_RESTORE_MAX", default_value = "1g")]
+    pub repo_restore_max: String,
+
     /// After SIGTERM, how long running builds get to finish before they are cancelled, e.g. `30s`.
     #[arg(long, env = "DEIS_BUILDER_SHUTDOWN_GRACE", default_value = "30s")]
     pub shutdown_grace: String,

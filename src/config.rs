@@ -278,6 +278,10 @@ fn egress_settings(args: &ServeArgs) -> Result<EgressSettings, ConfigError> {
     })
 }
 
+/// Renewals go every third of the TTL: a shorter one would mostly measure the store's
+/// round trips.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(3);
+
 fn limit_settings(args: &ServeArgs) -> Result<LimitSettings, ConfigError> {
     Ok(LimitSettings {
         max_builds: parse_number("--max-builds", &args.max_builds, 1)?,
@@ -291,6 +295,16 @@ fn limit_settings(args: &ServeArgs) -> Result<LimitSettings, ConfigError> {
             other => parse_duration("--lock-wait", other)?,
         },
         shutdown_grace: parse_duration("--shutdown-grace", &args.shutdown_grace)?,
+        lease_ttl: match parse_duration("--lease-ttl", &args.lease_ttl)? {
+            ttl if ttl < MIN_LEASE_TTL => {
+                return Err(invalid(
+                    "--lease-ttl",
+                    format!("{ttl:?} is too short: renewals go every third of it; use at least 3s"),
+                ))
+            }
+            ttl => ttl,
+        },
+        repo_restore_max_bytes: parse_size("--repo-restore-max", &args.repo_restore_max, 0)?,
     })
 }
 
@@ -729,6 +743,7 @@ mod tests {
         assert_eq!(s.limits.max_push_bytes, 1 << 30);
         assert_eq!(s.limits.lock_wait, Duration::from_secs(300));
         assert_eq!(s.limits.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(s.limits.lease_ttl, Duration::from_secs(30));
     }
 
     #[test]
@@ -821,6 +836,7 @@ mod tests {
             (&["--login-timeout", "0"][..], "--login-timeout"),
             (&["--max-push-size", "big"][..], "--max-push-size"),
             (&["--lock-wait", "later"][..], "--lock-wait"),
+            (&["--lease-ttl", "1s"][..], "--lease-ttl"),
             (&["--shutdown-grace", "0"][..], "--shutdown-grace"),
             (&["--slug-max-size", "lots"][..], "--slug-max-size"),
             (

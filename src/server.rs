@@ -25,10 +25,15 @@ use deis_types::names::{AppName, ImageRef};
 
 /// How long cancelled pushes get to clean up after the grace period.
 const CLEANUP_GRACE: Duration = Duration::from_secs(15);
+/// How long the leases let go at shutdown get to be released in the store.
+const LEASE_RELEASE_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let data_dir = create_data_dir(&settings)?;
+    let _data_dir_lock = crate::replica::lock_data_dir(&data_dir)?;
+    let builder_id = crate::replica::builder_id(&data_dir)?;
     let (controller, store, engine) = services(&settings, &data_dir).await?;
+    let leases = crate::replica::leases(&settings, &store, &builder_id);
     let stack = Stack::inspect(&engine, &settings.build)
         .await
         .context("stack")?;
@@ -42,6 +47,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         engine
     };
     let default_key = settings.host_keys == [settings.data_dir.join("ssh_host_ed25519_key")];
+    if default_key && leases.is_some() && !settings.host_keys[0].exists() {
+        tracing::warn!(
+            path = %settings.host_keys[0].display(),
+            "generating an SSH host key of this builder's own while the storage is shared: \
+             replicas behind one address need the same host keys (--host-key), or clients \
+             see the host key change"
+        );
+    }
     let host_keys = deis_frontdoor::ssh::keys::load_or_generate(&settings.host_keys, default_key)?;
     let listeners = Listeners::bind(&settings, &data_dir).await?;
 
@@ -59,7 +72,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // grace period is over.
     let shutdown = Shutdown::default();
     let limits = &settings.limits;
-    let admission = Admission::new(limits.max_builds, shutdown.clone());
+    let mut admission = Admission::new(limits.max_builds, shutdown.clone());
+    if let Some(leases) = &leases {
+        admission = admission.with_leases(leases.clone());
+    }
     let exe = std::env::current_exe().context("cannot locate own executable")?;
     let git = GitServer::new(
         data_dir.join("repos"),
@@ -72,12 +88,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         lock_wait: limits.lock_wait,
     })
     .with_runner(pipeline.clone());
+    let git = match &leases {
+        Some(_) => git.with_saved_repos(deis_frontdoor::git::SavedRepos::new(
+            store.clone(),
+            limits.repo_restore_max_bytes,
+        )),
+        None => git,
+    };
 
     tracing::info!(
         ssh = %deis_frontdoor::ssh::describe_listener(listeners.ssh.local_addr()?),
         http = %listeners.http.local_addr()?,
         controller = %controller.describe(),
         storage = %store.describe(),
+        builder_id = %builder_id,
+        leases = leases.is_some(),
         stack_image = %settings.build.stack_image,
         stack = %stack.name,
         build_network = %settings.build.network,
@@ -94,6 +119,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let health = crate::http::Health {
         store,
+        leases: leases.clone(),
         engine: engine.clone(),
         controller,
         ssh_listening: Arc::new(AtomicBool::new(true)),
@@ -120,6 +146,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     running
         .stop(&shutdown, limits.shutdown_grace, &engine)
         .await;
+    if let Some(leases) = &leases {
+        leases.settle(LEASE_RELEASE_GRACE).await;
+    }
     Ok(())
 }
 
@@ -337,8 +366,8 @@ async fn services(
     settings: &Settings,
     data_dir: &Path,
 ) -> anyhow::Result<(Arc<dyn Controller>, Arc<dyn ObjectStore>, Engine)> {
-    let controller = controller(settings, data_dir)?;
     let store = store(settings).await?;
+    let controller = controller(settings, data_dir, &store).await?;
     let engine = Engine::connect(
         instance_id(data_dir),
         settings.build.timeout + Duration::from_secs(600),
@@ -391,19 +420,44 @@ pub async fn pull(settings: Settings, args: ImportArgs) -> anyhow::Result<u64> {
     });
     // Nothing cancels a one-off import but its --build-timeout.
     let result = pipeline
-        .import(&request, &out, &CancellationToken::new())
+        .import(&request, None, &out, &CancellationToken::new())
         .await;
     drop(out);
     let _ = printer.await;
     Ok(result?.version)
 }
 
-fn controller(settings: &Settings, data_dir: &Path) -> anyhow::Result<Arc<dyn Controller>> {
+/// The controller; a standalone one keeps its state in the store when that is shared
+/// (S3), after moving this data dir's state there (once: the move skips what is there).
+async fn controller(
+    settings: &Settings,
+    data_dir: &Path,
+    store: &Arc<dyn ObjectStore>,
+) -> anyhow::Result<Arc<dyn Controller>> {
     Ok(match &settings.controller {
-        ControllerSettings::Standalone { authorized_keys } => Arc::new(StandaloneController::new(
-            data_dir.to_owned(),
-            authorized_keys.clone(),
-        )),
+        ControllerSettings::Standalone { authorized_keys } => {
+            let standalone =
+                StandaloneController::new(data_dir.to_owned(), authorized_keys.clone());
+            if !matches!(settings.storage, StorageSettings::S3 { .. }) {
+                return Ok(Arc::new(standalone));
+            }
+            let state = crate::replica::StandaloneState(store.clone());
+            let standalone = standalone.in_store(Arc::new(state));
+            let moved = standalone
+                .move_into_store()
+                .await
+                .context("moving the standalone controller's state into the store")?;
+            if moved != Default::default() {
+                tracing::warn!(
+                    authorized_keys = moved.authorized_keys,
+                    configs = moved.configs,
+                    releases = moved.releases,
+                    "moved the standalone controller's state from the data dir into the store; \
+                     the store's copy is used from now on"
+                );
+            }
+            Arc::new(standalone)
+        }
         ControllerSettings::Deis {
             url,
             builder_key,

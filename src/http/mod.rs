@@ -33,6 +33,8 @@ use deis_types::names::{AppName, ImageRef};
 #[derive(Clone)]
 pub struct Health {
     pub store: Arc<dyn ObjectStore>,
+    /// App leases, when replicas share the store: readiness reads one.
+    pub leases: Option<deis_lease::Leases>,
     pub engine: Engine,
     pub controller: Arc<dyn Controller>,
     /// True while the SSH accept loop runs; it stops only on shutdown.
@@ -144,12 +146,21 @@ async fn import(
         Err(message) => return detail(StatusCode::BAD_REQUEST, message),
     };
     let admission = &imports.admission;
-    let lock = match admission.try_lock(&request.app) {
-        Ok(lock) => lock,
-        Err(Refusal::Busy) => {
+    let lock = match admission.try_lock(&request.app).await {
+        Ok(lock) => Arc::new(lock),
+        Err(Refusal::Busy { builder }) => {
+            let on = builder
+                .map(|id| format!(" (on builder {id})"))
+                .unwrap_or_default();
             return detail(
                 StatusCode::CONFLICT,
-                format!("another push to {} is in progress", request.app),
+                format!("another push to {} is in progress{on}", request.app),
+            );
+        }
+        Err(Refusal::Unavailable(error)) => {
+            return detail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot take the app's lease in the shared store: {error}"),
             )
         }
         Err(_) => return detail(StatusCode::SERVICE_UNAVAILABLE, DRAINING),
@@ -166,10 +177,14 @@ async fn import(
     let admission = admission.clone();
     let app = request.app.clone();
     let task = imports.tasks.spawn(async move {
-        let _held = (lock, slot);
+        let _slot = slot;
+        let _lease_watch = lock.stop_if_lost(&cancel, &out);
         let started = Instant::now();
         let result = admission
-            .run(&cancel, pipeline.import(&request, &out, &cancel))
+            .run(
+                &cancel,
+                pipeline.import(&request, Some(lock.as_ref()), &out, &cancel),
+            )
             .await;
         deis_metrics::build_finished(BuildKind::Import, started.elapsed());
         result
@@ -345,14 +360,24 @@ impl Health {
                 None
             }
         };
-        let (storage, engine, controller) = tokio::join!(
+        let leases = async {
+            match &self.leases {
+                Some(leases) if with_controller => Some(bounded(leases.check()).await),
+                _ => None,
+            }
+        };
+        let (storage, engine, controller, leases) = tokio::join!(
             bounded(self.store.check()),
             bounded(self.engine.ping()),
-            controller
+            controller,
+            leases
         );
         let mut checks = vec![("ssh", ssh), ("storage", storage), ("engine", engine)];
         if let Some(controller) = controller {
             checks.push(("controller", controller));
+        }
+        if let Some(leases) = leases {
+            checks.push(("leases", leases));
         }
         checks
     }

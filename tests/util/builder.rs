@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::keys::Key;
+use super::s3::S3;
 use super::{free_port, s3_endpoint, stack_image};
 
 pub enum Storage {
@@ -46,6 +47,8 @@ pub struct Builder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     pub data_dir: TempDir,
+    /// The bucket of a builder on S3: a standalone controller's state lives there.
+    pub bucket: Option<String>,
     pub ssh_port: u16,
     pub http_port: u16,
     log_path: PathBuf,
@@ -97,11 +100,17 @@ impl Builder {
         }
         args.extend(options.extra_args.iter().cloned());
         envs.extend(options.envs.iter().cloned());
+        let bucket = args
+            .iter()
+            .filter_map(|arg| arg.strip_prefix("s3://"))
+            .next_back()
+            .map(str::to_owned);
         let mut builder = Builder {
             child: None,
             args,
             envs,
             data_dir,
+            bucket,
             ssh_port,
             http_port,
             log_path,
@@ -184,9 +193,16 @@ impl Builder {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// Adds `key` to the standalone controller's authorized_keys.
+    /// Adds `key` to the standalone controller's authorized_keys (in the bucket, on S3).
     pub fn authorize(&self, key: &Key) {
         use std::io::Write;
+        if let Some(bucket) = &self.bucket {
+            let s3 = S3::connect();
+            let mut keys = s3.get(bucket, STANDALONE_KEYS).unwrap_or_default();
+            writeln!(keys, "{}", key.public_line).unwrap();
+            s3.put(bucket, STANDALONE_KEYS, keys);
+            return;
+        }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -199,8 +215,20 @@ impl Builder {
         self.data_dir.path().join("storage").join(key)
     }
 
-    /// Release records of the standalone controller for `app`.
+    /// Release records of the standalone controller for `app` (`v1.json`, ...).
     pub fn releases(&self, app: &str) -> Vec<String> {
+        if let Some(bucket) = &self.bucket {
+            let prefix = format!("builder/standalone/apps/{app}/releases/");
+            let mut names: Vec<String> = S3::connect()
+                .keys(bucket)
+                .iter()
+                .filter_map(|key| key.strip_prefix(&prefix))
+                .filter(|name| name.starts_with('v'))
+                .map(str::to_owned)
+                .collect();
+            names.sort();
+            return names;
+        }
         let dir = self.data_dir.path().join("apps").join(app).join("releases");
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .map(|entries| {
@@ -286,17 +314,22 @@ pub fn http_request(
     Some((status, body))
 }
 
-/// Writes the standalone controller's config for `app`.
+/// Where a standalone controller on S3 keeps its users.
+const STANDALONE_KEYS: &str = "builder/standalone/authorized_keys";
+
+/// Writes the standalone controller's config for `app` (in the bucket, on S3).
 pub fn set_app_config(builder: &Builder, app: &str, values: &[(&str, &str)]) {
-    let dir = builder.data_dir.path().join("apps").join(app);
-    std::fs::create_dir_all(&dir).unwrap();
     let map: serde_json::Map<String, serde_json::Value> = values
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
         .collect();
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::Value::Object(map).to_string(),
-    )
-    .unwrap();
+    let text = serde_json::Value::Object(map).to_string();
+    if let Some(bucket) = &builder.bucket {
+        let key = format!("builder/standalone/apps/{app}/config.json");
+        S3::connect().put(bucket, &key, text.into_bytes());
+        return;
+    }
+    let dir = builder.data_dir.path().join("apps").join(app);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), text).unwrap();
 }

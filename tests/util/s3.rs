@@ -79,6 +79,40 @@ impl S3 {
     /// Downloads `key` to a file in `dir`.
     pub fn download(&self, bucket: &str, key: &str, dir: &Path) -> PathBuf {
         let path = dir.join(key.replace(['/', ':'], "_"));
+        let data = self
+            .get(bucket, key)
+            .unwrap_or_else(|| panic!("no {key} in {bucket}"));
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// Deletes every object of `bucket`, then the bucket (tests clean up what they made).
+    pub fn remove_bucket(&self, bucket: &str) {
+        for key in self.keys(bucket) {
+            self.runtime
+                .block_on(self.client.delete_object().bucket(bucket).key(&key).send())
+                .unwrap();
+        }
+        self.runtime
+            .block_on(self.client.delete_bucket().bucket(bucket).send())
+            .unwrap();
+    }
+
+    pub fn put(&self, bucket: &str, key: &str, data: Vec<u8>) {
+        self.runtime
+            .block_on(
+                self.client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(data.into())
+                    .send(),
+            )
+            .unwrap();
+    }
+
+    /// The object's bytes; `None` when absent.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
         self.runtime.block_on(async {
             let object = self
                 .client
@@ -87,10 +121,8 @@ impl S3 {
                 .key(key)
                 .send()
                 .await
-                .unwrap();
-            let data = object.body.collect().await.unwrap().into_bytes();
-            std::fs::write(&path, &data).unwrap();
-        });
-        path
+                .ok()?;
+            Some(object.body.collect().await.unwrap().to_vec())
+        })
     }
 }

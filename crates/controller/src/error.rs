@@ -53,6 +53,9 @@ pub enum ControllerError {
     /// Standalone: an app config file that is not a JSON object of plain values.
     #[error("invalid app config file {}: {problem}", path.display())]
     InvalidAppConfigFile { path: PathBuf, problem: String },
+    /// Standalone on shared storage: the object store failed (the message names the key).
+    #[error("{0}")]
+    Storage(String),
     /// Standalone: reading or writing the data directory failed.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -86,7 +89,11 @@ impl ControllerError {
 
     /// Whether the controller could not be reached at all (or did not answer in time).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::Timeout { .. })
+        // A store that failed may have written the release: its outcome is unknown.
+        matches!(
+            self,
+            Self::Unreachable { .. } | Self::Timeout { .. } | Self::Storage(_)
+        )
     }
 }
 

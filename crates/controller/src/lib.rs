@@ -26,7 +26,7 @@ pub use deis_types::names::AppName;
 pub use authorized_keys::SourcePatterns;
 pub use deis::DeisController;
 pub use error::ControllerError;
-pub use standalone::StandaloneController;
+pub use standalone::{Moved, SharedState, StandaloneController, Written};
 
 /// A developer the controller knows, identified by one of their SSH keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,4 +27,10 @@ pub struct LimitSettings {
     pub lock_wait: Duration,
     /// How long running builds get after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Replicas on shared storage: an app lease not renewed for this long may be taken
+    /// over by another builder.
+    pub lease_ttl: Duration,
+    /// Replicas on shared storage: a repository restore of more bytes than this is skipped
+    /// (the push sends the whole history instead).
+    pub repo_restore_max_bytes: u64,
 }

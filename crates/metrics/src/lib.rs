@@ -12,6 +12,8 @@
 //! - `builds_active`, `builds_queued` (gauges, held by [`InFlight`] guards).
 //! - `auth_failures_total`, `containers_swept_total`, `images_swept_total`,
 //!   `source_archive_failures_total` (counters).
+//! - `leases_held` (gauge), `leases_taken_over_total`, `leases_lost_total` (counters): app
+//!   leases in the shared store (replicas).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -119,6 +121,9 @@ pub struct Registry {
     containers_swept: AtomicU64,
     images_swept: AtomicU64,
     source_archive_failures: AtomicU64,
+    leases_held: AtomicI64,
+    leases_taken_over: AtomicU64,
+    leases_lost: AtomicU64,
 }
 
 static REGISTRY: Registry = Registry::new();
@@ -136,6 +141,9 @@ impl Registry {
             containers_swept: AtomicU64::new(0),
             images_swept: AtomicU64::new(0),
             source_archive_failures: AtomicU64::new(0),
+            leases_held: AtomicI64::new(0),
+            leases_taken_over: AtomicU64::new(0),
+            leases_lost: AtomicU64::new(0),
         }
     }
 
@@ -236,6 +244,16 @@ impl Registry {
                 "Source tarballs of deployed pushes that could not be stored.",
                 &self.source_archive_failures,
             ),
+            (
+                "leases_taken_over_total",
+                "App leases taken over from a replica that stopped renewing them.",
+                &self.leases_taken_over,
+            ),
+            (
+                "leases_lost_total",
+                "App leases this builder lost while holding them (its push was stopped).",
+                &self.leases_lost,
+            ),
         ];
         for (name, help, counter) in counters {
             header(&mut text, name, "counter", help);
@@ -248,6 +266,11 @@ impl Registry {
                 "builds_queued",
                 "Pushes waiting for a build slot.",
                 &self.builds_queued,
+            ),
+            (
+                "leases_held",
+                "App leases this builder holds in the shared store.",
+                &self.leases_held,
             ),
         ];
         for (name, help, gauge) in gauges {
@@ -315,6 +338,19 @@ pub fn build_active() -> InFlight {
 /// A push waits for a build slot (the concurrent-build limit).
 pub fn build_queued() -> InFlight {
     InFlight::enter(&REGISTRY.builds_queued)
+}
+
+/// An app lease is held in the shared store.
+pub fn lease_held() -> InFlight {
+    InFlight::enter(&REGISTRY.leases_held)
+}
+
+pub fn lease_taken_over() {
+    REGISTRY.leases_taken_over.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn lease_lost() {
+    REGISTRY.leases_lost.fetch_add(1, Ordering::Relaxed);
 }
 
 pub fn ssh_bytes_received(bytes: usize) {

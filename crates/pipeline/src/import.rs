@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::dockerfile::{image_repository, registry_auth, relay};
 use super::timing::{millis, Stage, StageTimes};
 use super::{BuildError, CreatedTag, Pipeline, RollbackJournal};
-use crate::push::Output;
+use crate::push::{Hold, Output};
 use deis_controller::{Artifact, ReleaseRequest};
 use deis_executor::RegistryAuth;
 use deis_slug::ProcessTypes;
@@ -57,6 +57,7 @@ impl Pipeline {
     pub async fn import(
         &self,
         request: &ImportRequest,
+        hold: Option<&dyn Hold>,
         out: &Output,
         cancel: &CancellationToken,
     ) -> Result<Imported, BuildError> {
@@ -68,7 +69,10 @@ impl Pipeline {
         let timeout = self.settings.timeout;
         let staged = tokio::select! {
             staged = tokio::time::timeout(timeout, self.stage(request, &journal, out, &times)) => {
-                staged.unwrap_or(Err(BuildError::Timeout(timeout)))
+                match staged.unwrap_or(Err(BuildError::Timeout(timeout))) {
+                    Ok(staged) => crate::push::confirm(hold).await.map(|()| staged),
+                    Err(error) => Err(error),
+                }
             }
             () = cancel.cancelled() => Err(BuildError::Cancelled),
         };

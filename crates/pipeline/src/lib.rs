@@ -167,6 +167,10 @@ pub enum BuildError {
     /// not the build's fault.
     #[error("cannot reach the Docker engine: {0}")]
     EngineLost(String),
+    /// This builder no longer holds the app (replicas: its lease in the shared store), so
+    /// it must not release it.
+    #[error("stopped before the release, nothing was deployed: {0}")]
+    HoldLost(String),
     /// An import stopped before its release by its caller's token (the server's shutdown).
     #[error("stopped: the builder is shutting down")]
     Cancelled,
@@ -217,9 +221,10 @@ impl BuildError {
         match self {
             BuildError::Controller(error) if error.is_unreachable() => Failure::Outage,
             BuildError::Controller(_) => Failure::Refused,
-            BuildError::Storage(_) | BuildError::EngineLost(_) | BuildError::Cancelled => {
-                Failure::Outage
-            }
+            BuildError::Storage(_)
+            | BuildError::EngineLost(_)
+            | BuildError::Cancelled
+            | BuildError::HoldLost(_) => Failure::Outage,
             BuildError::Engine(EngineError::Connect(_)) => Failure::Outage,
             BuildError::Engine(EngineError::Registry(_)) => Failure::Refused,
             _ => Failure::Invalid,
@@ -294,7 +299,11 @@ impl PushRunner for Pipeline {
             let times = StageTimes::default();
             let journal = RollbackJournal::new(self.store.clone(), self.images.clone());
             let built = tokio::select! {
-                built = self.build(&push, &out, &journal, &times) => Some(built),
+                built = async {
+                    let built = self.build(&push, &out, &journal, &times).await?;
+                    crate::push::confirm(push.hold.as_deref()).await?;
+                    Ok::<_, BuildError>(built)
+                } => Some(built),
                 () = cancel.cancelled() => None,
             };
             let (built, source_key) = match built {

@@ -1,6 +1,8 @@
 //! The one interface where a received push meets the build pipeline:
 //! "run this push, write output here, give me a verdict".
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,25 @@ pub struct Push {
     pub source: Source,
     /// When `git receive-pack` was started for this push: the receive stage is logged.
     pub receive_started: std::time::Instant,
+    /// What must still hold right before the release (replicas: the app's lease).
+    pub hold: Option<Arc<dyn Hold>>,
+}
+
+/// What lets a push or an import release its app. With replicas, the app's lease in the
+/// shared store: confirmed right before the release call, so a builder that lost the app
+/// never releases it.
+#[async_trait::async_trait]
+pub trait Hold: Send + Sync + std::fmt::Debug {
+    /// `Err`, a sentence saying why, when this builder may no longer release the app.
+    async fn confirm(&self) -> Result<(), String>;
+}
+
+/// Right before a release: `hold`, if any, must still hold.
+pub async fn confirm(hold: Option<&dyn Hold>) -> Result<(), crate::BuildError> {
+    match hold {
+        Some(hold) => hold.confirm().await.map_err(crate::BuildError::HoldLost),
+        None => Ok(()),
+    }
 }
 
 /// Whether the push may land. The pipeline has already written the reason to the output.

@@ -18,7 +18,7 @@ use crate::settings::{BuildSettings, EgressSettings, RegistrySettings};
 use crate::source::Source;
 use deis_controller::{AppConfig, User};
 use deis_executor::fake::{FakeBuild, FakeExecutor, FakeImages, FakeRun, Removal};
-use deis_storage::{Body, LocalStore, ObjectReader};
+use deis_storage::{Body, LocalStore, ObjectReader, Version};
 use deis_types::names::CommitId;
 
 #[test]
@@ -165,6 +165,23 @@ impl ObjectStore for FailingStore {
         self.inner.delete(key).await
     }
 
+    async fn read_record(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StorageError> {
+        self.inner.read_record(key).await
+    }
+
+    async fn create_record(&self, key: &str, data: &[u8]) -> Result<Version, StorageError> {
+        self.inner.create_record(key, data).await
+    }
+
+    async fn replace_record(
+        &self,
+        key: &str,
+        data: &[u8],
+        expected: &Version,
+    ) -> Result<Version, StorageError> {
+        self.inner.replace_record(key, data, expected).await
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         self.inner.check().await
     }
@@ -240,6 +257,8 @@ struct World {
     images: FakeImages,
     controller: Arc<RecordingController>,
     pipeline: Pipeline,
+    /// What the pushes carry as their hold on the app.
+    hold: Option<Arc<dyn crate::push::Hold>>,
 }
 
 /// What a push left: its verdict and what the developer saw.
@@ -328,6 +347,7 @@ impl World {
             images,
             controller,
             pipeline,
+            hold: None,
         }
     }
 
@@ -339,6 +359,7 @@ impl World {
             commit: self.commit.clone(),
             source: Source::new(self.repo.join(".git"), Vec::new()),
             receive_started: Instant::now(),
+            hold: self.hold.clone(),
         }
     }
 
@@ -661,6 +682,34 @@ async fn a_refused_release_rolls_back_the_objects() {
     world.assert_no_container_left();
 }
 
+/// A builder that lost the app (replicas: its lease) never asks for the release.
+#[derive(Debug)]
+struct LostHold;
+
+#[async_trait::async_trait]
+impl crate::push::Hold for LostHold {
+    async fn confirm(&self) -> Result<(), String> {
+        Err("another builder took web over".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn a_push_that_lost_its_hold_on_the_app_is_not_released_and_leaves_nothing() {
+    let mut world = World::new(SOURCE, compiles, Answer::Release, None, unchanged).await;
+    world.hold = Some(Arc::new(LostHold));
+    let pushed = world.run().await;
+
+    assert_eq!(pushed.verdict, Verdict::Reject);
+    assert_shows(
+        &pushed.output,
+        " !     Build failed: stopped before the release, nothing was deployed: another builder took web over\n",
+    );
+    assert!(!pushed.output.contains("Launching App"));
+    assert!(world.controller.asked().is_empty());
+    assert_eq!(world.objects(), cache_objects());
+    world.assert_no_container_left();
+}
+
 #[tokio::test]
 async fn an_unanswered_release_keeps_the_objects_it_may_point_to() {
     let world = World::new(SOURCE, compiles, Answer::Silent, None, unchanged).await;
@@ -921,7 +970,7 @@ async fn import(world: &World) -> Result<Imported, BuildError> {
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let imported = world
         .pipeline
-        .import(&import_request(), &out, &CancellationToken::new())
+        .import(&import_request(), None, &out, &CancellationToken::new())
         .await;
     drop(out);
     drain.await.unwrap();

@@ -30,6 +30,22 @@ pub enum StorageError {
         limit_bytes: u64,
     },
 
+    /// A conditional write lost: someone else created or replaced the record first.
+    #[error("{operation} {key:?} in {backend}: someone else changed it first")]
+    Conflict {
+        operation: &'static str,
+        backend: String,
+        key: String,
+    },
+
+    /// A record is larger than [`super::MAX_RECORD_BYTES`]: not one this builder wrote.
+    #[error("read {key:?} in {backend}: the record is larger than {limit_bytes} bytes")]
+    RecordTooLarge {
+        backend: String,
+        key: String,
+        limit_bytes: usize,
+    },
+
     /// A filesystem operation of the local backend failed.
     #[error("{operation} {target} failed: {cause}")]
     Local {

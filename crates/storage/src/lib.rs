@@ -20,6 +20,26 @@ pub type Body<'a> = &'a mut (dyn tokio::io::AsyncRead + Send + Unpin);
 /// A stream of an object's bytes, as returned by [`ObjectStore::get`].
 pub type ObjectReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 
+/// The version of a small record as the store names it (S3: the ETag; local: a digest of
+/// the bytes). Two writes of the same bytes may get the same version, so records that must
+/// be told apart carry something unique.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version(String);
+
+impl Version {
+    /// A version as read back from somewhere it was kept as text.
+    pub fn new(version: String) -> Version {
+        Version(version)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The most bytes [`ObjectStore::read_record`] reads: records coordinate, they carry no data.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
 #[async_trait::async_trait]
 pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Streams `body` to `key`. The object becomes visible only when complete (local: temp file +
@@ -34,6 +54,23 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// Idempotent: deleting an absent key is Ok.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// Reads a small coordination record whole, with its version; `Ok(None)` when absent.
+    /// Larger than [`MAX_RECORD_BYTES`] is an error.
+    async fn read_record(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StorageError>;
+
+    /// Creates the record at `key` only if nothing is there (S3: `If-None-Match: *`);
+    /// [`StorageError::Conflict`] otherwise.
+    async fn create_record(&self, key: &str, data: &[u8]) -> Result<Version, StorageError>;
+
+    /// Replaces the record at `key` only while its version is still `expected` (S3:
+    /// `If-Match`); [`StorageError::Conflict`] when it changed or is gone.
+    async fn replace_record(
+        &self,
+        key: &str,
+        data: &[u8],
+        expected: &Version,
+    ) -> Result<Version, StorageError>;
 
     /// Cheap reachability check for health endpoints (S3: HeadBucket; local: the root is a
     /// writable dir).

@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{validate_key, Body, ObjectReader, ObjectStore, StorageError};
+use super::{
+    validate_key, Body, ObjectReader, ObjectStore, StorageError, Version, MAX_RECORD_BYTES,
+};
 
 /// Directory under the root holding uploads in progress. It lives on the same filesystem as the
 /// objects so publishing is an atomic rename. Keys under it are refused.
@@ -26,10 +28,14 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 const RENAME_ATTEMPTS: usize = 3;
 
 /// Objects as files under `root`: key `a/b/c` is the file `root/a/b/c`.
+///
+/// Conditional writes of records are atomic within this process (one lock for all of
+/// them), which is all a local directory serves: one builder (see the README).
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
     temp_dir: PathBuf,
+    records: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl LocalStore {
@@ -47,7 +53,11 @@ impl LocalStore {
         tokio::fs::create_dir_all(&temp_dir)
             .await
             .map_err(|cause| open_error(&root, cause))?;
-        let store = LocalStore { root, temp_dir };
+        let store = LocalStore {
+            root,
+            temp_dir,
+            records: Default::default(),
+        };
         store.remove_stale_temp_files().await;
         Ok(store)
     }
@@ -181,6 +191,28 @@ impl LocalStore {
     }
 }
 
+/// A local record's version: a digest of its bytes.
+fn version_of(data: &[u8]) -> Version {
+    use sha2::Digest;
+    Version(hex::encode(sha2::Sha256::digest(data)))
+}
+
+impl LocalStore {
+    async fn write_record(&self, key: &str, mut data: &[u8]) -> Result<Version, StorageError> {
+        let version = version_of(data);
+        self.put(key, &mut data).await?;
+        Ok(version)
+    }
+
+    fn conflict(&self, operation: &'static str, key: &str) -> StorageError {
+        StorageError::Conflict {
+            operation,
+            backend: self.describe(),
+            key: key.to_owned(),
+        }
+    }
+}
+
 /// The object is simply not there: missing file, or a path component that is a file.
 fn is_absent(error: &io::Error) -> bool {
     matches!(
@@ -302,6 +334,48 @@ impl ObjectStore for LocalStore {
                     _ => Err(self.key_error("delete", key, cause)),
                 }
             }
+        }
+    }
+
+    async fn read_record(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StorageError> {
+        let Some(reader) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let mut data = Vec::new();
+        reader
+            .take(MAX_RECORD_BYTES as u64 + 1)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|cause| self.key_error("read", key, cause))?;
+        if data.len() > MAX_RECORD_BYTES {
+            return Err(StorageError::RecordTooLarge {
+                backend: self.describe(),
+                key: key.to_owned(),
+                limit_bytes: MAX_RECORD_BYTES,
+            });
+        }
+        let version = version_of(&data);
+        Ok(Some((data, version)))
+    }
+
+    async fn create_record(&self, key: &str, data: &[u8]) -> Result<Version, StorageError> {
+        let _one_at_a_time = self.records.lock().await;
+        if self.exists(key).await? {
+            return Err(self.conflict("create", key));
+        }
+        self.write_record(key, data).await
+    }
+
+    async fn replace_record(
+        &self,
+        key: &str,
+        data: &[u8],
+        expected: &Version,
+    ) -> Result<Version, StorageError> {
+        let _one_at_a_time = self.records.lock().await;
+        match self.read_record(key).await? {
+            Some((_, current)) if current == *expected => self.write_record(key, data).await,
+            _ => Err(self.conflict("replace", key)),
         }
     }
 
@@ -541,5 +615,11 @@ mod tests {
         assert!(!stale.exists());
         assert!(fresh.exists());
         drop(reopened);
+    }
+
+    #[tokio::test]
+    async fn records_are_conditional() {
+        let (_dir, store) = temp_store().await;
+        crate::test_support::records_are_conditional(&store).await;
     }
 }

@@ -18,7 +18,9 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{validate_key, Body, ObjectReader, ObjectStore, StorageError};
+use super::{
+    validate_key, Body, ObjectReader, ObjectStore, StorageError, Version, MAX_RECORD_BYTES,
+};
 
 /// Size of each multipart part, and the threshold below which a single PutObject is used.
 /// S3 wants parts of at least 5 MiB (except the last); at most [`PARTS_IN_FLIGHT`] + 1 parts
@@ -272,6 +274,72 @@ impl S3Store {
         tracing::debug!(key, bytes = length, "stored object with PutObject");
         drop(part);
         Ok(length)
+    }
+
+    /// GetObject; `None` when the key is absent.
+    async fn get_object(
+        &self,
+        operation: &'static str,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StorageError> {
+        validate_key(key)?;
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(output)),
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(error) => Err(self.key_error(operation, key, &error)),
+        }
+    }
+
+    /// A PutObject of a record under the condition `expected` (`None`: the key must be
+    /// free). A refused condition is [`StorageError::Conflict`].
+    async fn put_record(
+        &self,
+        key: &str,
+        data: &[u8],
+        expected: Option<&Version>,
+    ) -> Result<Version, StorageError> {
+        validate_key(key)?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(data.to_vec()));
+        let (operation, request) = match expected {
+            None => ("create", request.if_none_match("*")),
+            Some(version) => ("replace", request.if_match(version.as_str())),
+        };
+        match request.send().await {
+            Ok(output) => match output.e_tag() {
+                Some(etag) => Ok(Version(etag.to_owned())),
+                None => Err(StorageError::S3 {
+                    operation,
+                    target: format!("{key:?} in {}", self.description),
+                    code: None,
+                    detail: "the answer carries no ETag".to_owned(),
+                }),
+            },
+            // 412: the condition failed; 409: a concurrent conditional write won; 404: the
+            // record to replace is gone.
+            Err(SdkError::ServiceError(context))
+                if matches!(context.raw().status().as_u16(), 409 | 412)
+                    || (expected.is_some() && context.raw().status().as_u16() == 404) =>
+            {
+                Err(StorageError::Conflict {
+                    operation,
+                    backend: self.description.clone(),
+                    key: key.to_owned(),
+                })
+            }
+            Err(error) => Err(self.key_error(operation, key, &error)),
+        }
     }
 
     async fn put_multipart(
@@ -582,19 +650,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
-        validate_key(key)?;
-        let result = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(Some(Box::new(output.body.into_async_read()))),
-            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-            Err(error) => Err(self.key_error("get", key, &error)),
-        }
+        let output = self.get_object("get", key).await?;
+        Ok(output.map(|output| Box::new(output.body.into_async_read()) as ObjectReader))
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
@@ -628,6 +685,47 @@ impl ObjectStore for S3Store {
             Err(error) if error.code() == Some("NoSuchKey") => Ok(()),
             Err(error) => Err(self.key_error("delete", key, &error)),
         }
+    }
+
+    async fn read_record(&self, key: &str) -> Result<Option<(Vec<u8>, Version)>, StorageError> {
+        let Some(output) = self.get_object("read", key).await? else {
+            return Ok(None);
+        };
+        let version = Version(output.e_tag().unwrap_or_default().to_owned());
+        let mut data = Vec::new();
+        output
+            .body
+            .into_async_read()
+            .take(MAX_RECORD_BYTES as u64 + 1)
+            .read_to_end(&mut data)
+            .await
+            .map_err(|cause| StorageError::S3 {
+                operation: "read",
+                target: format!("{key:?} in {}", self.description),
+                code: None,
+                detail: cause.to_string(),
+            })?;
+        if data.len() > MAX_RECORD_BYTES {
+            return Err(StorageError::RecordTooLarge {
+                backend: self.description.clone(),
+                key: key.to_owned(),
+                limit_bytes: MAX_RECORD_BYTES,
+            });
+        }
+        Ok(Some((data, version)))
+    }
+
+    async fn create_record(&self, key: &str, data: &[u8]) -> Result<Version, StorageError> {
+        self.put_record(key, data, None).await
+    }
+
+    async fn replace_record(
+        &self,
+        key: &str,
+        data: &[u8],
+        expected: &Version,
+    ) -> Result<Version, StorageError> {
+        self.put_record(key, data, Some(expected)).await
     }
 
     async fn check(&self) -> Result<(), StorageError> {
@@ -734,6 +832,22 @@ mod tests {
         })
         .unwrap();
         (store, endpoint)
+    }
+
+    #[tokio::test]
+    async fn records_are_conditional() {
+        let Some(settings) = it_settings() else {
+            return;
+        };
+        let store = S3Store::connect(settings).await.unwrap();
+        crate::test_support::records_are_conditional(&store).await;
+        store
+            .client
+            .delete_bucket()
+            .bucket(&store.bucket)
+            .send()
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

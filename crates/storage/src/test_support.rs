@@ -88,3 +88,46 @@ pub async fn sha256_of(mut reader: impl AsyncRead + Unpin) -> String {
     }
     hex::encode(hasher.finalize())
 }
+
+/// The contract of conditional records, the same for every backend: create only when
+/// absent, replace only the version read, and a lost race is a typed conflict.
+pub async fn records_are_conditional(store: &dyn crate::ObjectStore) {
+    use crate::StorageError;
+    let key = "builder/test/record.json";
+    assert!(store.read_record(key).await.unwrap().is_none());
+    let first = store.create_record(key, b"one").await.unwrap();
+    assert!(matches!(
+        store.create_record(key, b"two").await,
+        Err(StorageError::Conflict { .. })
+    ));
+    let (data, version) = store.read_record(key).await.unwrap().unwrap();
+    assert_eq!((data.as_slice(), &version), (&b"one"[..], &first));
+
+    let second = store.replace_record(key, b"two", &first).await.unwrap();
+    assert_ne!(second, first);
+    // The first version is gone: a writer still holding it loses.
+    let stale = store.replace_record(key, b"three", &first).await;
+    assert!(
+        matches!(stale, Err(StorageError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let (data, version) = store.read_record(key).await.unwrap().unwrap();
+    assert_eq!((data.as_slice(), &version), (&b"two"[..], &second));
+
+    store.delete(key).await.unwrap();
+    let gone = store.replace_record(key, b"four", &second).await;
+    assert!(
+        matches!(gone, Err(StorageError::Conflict { .. })),
+        "{gone:?}"
+    );
+    assert!(store.read_record(key).await.unwrap().is_none());
+
+    let big = vec![b'x'; crate::MAX_RECORD_BYTES + 1];
+    let mut body = big.as_slice();
+    store.put(key, &mut body).await.unwrap();
+    assert!(matches!(
+        store.read_record(key).await,
+        Err(StorageError::RecordTooLarge { .. })
+    ));
+    store.delete(key).await.unwrap();
+}

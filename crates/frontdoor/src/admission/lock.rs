@@ -2,6 +2,8 @@
 //!
 //! Being in memory is the point: a lock can never outlive its push or the process, so
 //! there is no stale lock to clean up after a crash and no timeout that cuts long pushes.
+//! Replicas sharing a store also hold the app's lease there (`deis_lease`), which the
+//! lock carries and lets go of with it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -9,7 +11,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use deis_lease::Lease;
+use deis_pipeline::push::{Hold, Output};
 use deis_types::names::AppName;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 #[derive(Debug, Clone, Default)]
 pub struct AppLocks {
@@ -24,6 +30,47 @@ pub struct AppLock {
     app: AppName,
     held: Arc<Mutex<HashSet<AppName>>>,
     released: Arc<Notify>,
+    /// The app's lease in the shared store, when replicas share one.
+    lease: Option<Lease>,
+}
+
+impl AppLock {
+    pub(super) fn hold(&mut self, lease: Lease) {
+        self.lease = Some(lease);
+    }
+
+    /// Until the returned guard is dropped: if the app's lease is lost, tells `out` and
+    /// fires `cancel`, so the work stops (and cleans up) before it could release.
+    pub fn stop_if_lost(
+        self: &Arc<Self>,
+        cancel: &CancellationToken,
+        out: &Output,
+    ) -> Option<AbortOnDropHandle<()>> {
+        let lost = self.lease.as_ref()?.lost();
+        let (lock, cancel, out) = (self.clone(), cancel.clone(), out.clone());
+        Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            lost.cancelled().await;
+            if let Err(reason) = lock.confirm().await {
+                let error = deis_pipeline::BuildError::HoldLost(reason);
+                out.error(format!("Build failed: {error}")).await;
+            }
+            cancel.cancel();
+        })))
+    }
+}
+
+#[async_trait::async_trait]
+impl Hold for AppLock {
+    async fn confirm(&self) -> Result<(), String> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        lease.confirm().await.map_err(|lost| lost.to_string())?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(app = %self.app, confirm_ms = ms, "confirmed the app's lease before the release");
+        Ok(())
+    }
 }
 
 impl AppLocks {
@@ -34,6 +81,7 @@ impl AppLocks {
             app: app.clone(),
             held: self.held.clone(),
             released: self.released.clone(),
+            lease: None,
         })
     }
 

@@ -4,7 +4,8 @@
 //! clean-up) when the shutdown grace period is over.
 //!
 //! The lock and the slot are guards: dropping them is the only way to release them, so no
-//! path through a push can leave either behind.
+//! path through a push can leave either behind. With replicas ([`Admission::with_leases`])
+//! the lock also holds the app's lease in the shared store.
 
 mod lock;
 mod queue;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use deis_lease::{Attempt, Leases};
 use deis_pipeline::push::Output;
 use deis_types::names::AppName;
 
@@ -21,12 +23,15 @@ pub use lock::{AppLock, AppLocks};
 pub use queue::{BuildQueue, BuildSlot};
 
 /// Why work was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// The builder is shutting down: try again on another (or the restarted) builder.
     Draining,
-    /// Another push to the app is still running after the lock wait.
-    Busy,
+    /// Another push to the app is still running after the lock wait; with replicas, the id
+    /// of the builder running it.
+    Busy { builder: Option<String> },
+    /// The lease store did not answer (the message says why): nothing was started.
+    Unavailable(String),
     /// The caller went away while waiting.
     Gone,
 }
@@ -46,6 +51,7 @@ pub struct Admission {
     locks: AppLocks,
     queue: BuildQueue,
     shutdown: Shutdown,
+    leases: Option<Leases>,
 }
 
 impl Admission {
@@ -55,7 +61,18 @@ impl Admission {
             locks: AppLocks::default(),
             queue: BuildQueue::new(max_builds),
             shutdown,
+            leases: None,
         }
+    }
+
+    /// Replicas: an app's lock also takes its lease in the shared store.
+    pub fn with_leases(mut self, leases: Leases) -> Admission {
+        self.leases = Some(leases);
+        self
+    }
+
+    pub fn leases(&self) -> Option<&Leases> {
+        self.leases.as_ref()
     }
 
     pub fn shutdown(&self) -> &Shutdown {
@@ -71,15 +88,19 @@ impl Admission {
     }
 
     /// The app's lock if it is free now.
-    pub fn try_lock(&self, app: &AppName) -> Result<AppLock, Refusal> {
+    pub async fn try_lock(&self, app: &AppName) -> Result<AppLock, Refusal> {
         if self.is_draining() {
             return Err(Refusal::Draining);
         }
-        self.locks.try_lock(app).ok_or(Refusal::Busy)
+        match self.locks.try_lock(app) {
+            Some(lock) => self.lease(lock, app).await,
+            None => Err(self.busy_here()),
+        }
     }
 
-    /// The app's lock, waiting up to `wait` for the push holding it. Gives up when the
-    /// builder starts draining or `cancel` fires.
+    /// The app's lock, waiting up to `wait` for the push holding it (here or, with
+    /// replicas, on another builder). Gives up when the builder starts draining or
+    /// `cancel` fires.
     pub async fn lock(
         &self,
         app: &AppName,
@@ -90,9 +111,59 @@ impl Admission {
             return Err(Refusal::Draining);
         }
         tokio::select! {
-            locked = self.locks.lock_within(app, wait) => locked.ok_or(Refusal::Busy),
+            locked = self.lock_within(app, wait) => locked,
             () = self.shutdown.draining.cancelled() => Err(Refusal::Draining),
             () = cancel.cancelled() => Err(Refusal::Gone),
+        }
+    }
+
+    async fn lock_within(&self, app: &AppName, wait: Duration) -> Result<AppLock, Refusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(lock) = self.locks.lock_within(app, remaining).await else {
+                return Err(self.busy_here());
+            };
+            let refusal = match self.lease(lock, app).await {
+                Err(refusal @ Refusal::Busy { .. }) => refusal,
+                leased => return leased,
+            };
+            // Another builder has the app: look again, without holding this app's lock.
+            let poll = self.leases.as_ref().map_or(wait, Leases::poll_interval);
+            if tokio::time::Instant::now() + poll >= deadline {
+                return Err(refusal);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Adds the app's lease to its lock, when replicas share a store.
+    async fn lease(&self, mut lock: AppLock, app: &AppName) -> Result<AppLock, Refusal> {
+        let Some(leases) = &self.leases else {
+            return Ok(lock);
+        };
+        let started = std::time::Instant::now();
+        match leases.try_acquire(app).await {
+            Ok(Attempt::Held(lease)) => {
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(%app, lease_ms = ms, "took the app's lease");
+                lock.hold(lease);
+                Ok(lock)
+            }
+            Ok(Attempt::Busy { builder }) => Err(Refusal::Busy {
+                builder: Some(builder),
+            }),
+            Err(error) => {
+                tracing::warn!(%app, %error, "cannot take the app's lease");
+                Err(Refusal::Unavailable(error.to_string()))
+            }
+        }
+    }
+
+    /// Another push of this builder holds the app.
+    fn busy_here(&self) -> Refusal {
+        Refusal::Busy {
+            builder: self.leases.as_ref().map(|l| l.builder().to_owned()),
         }
     }
 
@@ -146,10 +217,10 @@ mod tests {
         let admission = Admission::new(1, Shutdown::default());
         let (out, _rx) = Output::channel(8);
         let never = CancellationToken::new();
-        let lock = admission.try_lock(&app("one")).unwrap();
+        let lock = admission.try_lock(&app("one")).await.unwrap();
         admission.shutdown().draining.cancel();
         assert_eq!(
-            admission.try_lock(&app("two")).err(),
+            admission.try_lock(&app("two")).await.err(),
             Some(Refusal::Draining)
         );
         assert_eq!(
@@ -169,15 +240,16 @@ mod tests {
     #[tokio::test]
     async fn a_busy_app_is_refused_after_the_wait_and_a_gone_caller_stops_waiting() {
         let admission = Admission::new(1, Shutdown::default());
-        let held = admission.try_lock(&app("busy")).unwrap();
+        let held = admission.try_lock(&app("busy")).await.unwrap();
         let never = CancellationToken::new();
-        assert_eq!(admission.try_lock(&app("busy")).err(), Some(Refusal::Busy));
+        let busy = Some(Refusal::Busy { builder: None });
+        assert_eq!(admission.try_lock(&app("busy")).await.err(), busy);
         assert_eq!(
             admission
                 .lock(&app("busy"), Duration::from_millis(20), &never)
                 .await
                 .err(),
-            Some(Refusal::Busy)
+            busy
         );
         let gone = CancellationToken::new();
         gone.cancel();

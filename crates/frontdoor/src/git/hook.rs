@@ -199,6 +199,8 @@ async fn handle(
         Some(write_half)
     });
 
+    // A lease lost during the push stops it before it could release.
+    let lease_watch = app_lock.stop_if_lost(&cancel, &out);
     let verdict = match select_commit(&request.updates) {
         Ok(commit) => {
             let object_env = quarantine_env(&request.env, &pending.git_dir);
@@ -209,6 +211,7 @@ async fn handle(
                 commit,
                 source: Source::new(pending.git_dir, object_env),
                 receive_started: pending.receive_started,
+                hold: Some(app_lock.clone()),
             };
             run_in_turn(push, out, cancel, git, runner).await
         }
@@ -221,6 +224,7 @@ async fn handle(
         }
     };
     watcher.abort();
+    drop(lease_watch);
     // The build, clean-up included, is over: the app may take the next push.
     drop(app_lock);
     if let Ok(Some(mut write_half)) = writer.await {

@@ -5,6 +5,9 @@
 //! (`deis-builder hook`, see [`hook`]) that hands the push to this server over a unix socket.
 
 pub mod hook;
+mod saved;
+
+pub use saved::SavedRepos;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -115,6 +118,8 @@ pub struct GitServer {
     admission: Admission,
     /// Told when a push starts and ends, so it can prepare while the pack arrives.
     runner: Option<Arc<dyn PushRunner>>,
+    /// Repositories saved to the shared store (replicas on S3).
+    saved: Option<SavedRepos>,
 }
 
 impl GitServer {
@@ -132,7 +137,15 @@ impl GitServer {
             limits: PushLimits::default(),
             admission,
             runner: None,
+            saved: None,
         }
+    }
+
+    /// Replicas: repositories are saved to the shared store after each push that moved
+    /// `master`, and brought up to date from it before each push.
+    pub fn with_saved_repos(mut self, saved: SavedRepos) -> GitServer {
+        self.saved = Some(saved);
+        self
     }
 
     pub fn with_limits(mut self, limits: PushLimits) -> GitServer {
@@ -235,6 +248,9 @@ impl GitServer {
                 return 1;
             }
         };
+        if let Some(saved) = &self.saved {
+            restore(saved, app, &git_dir, client).await;
+        }
         let lock = Arc::new(lock);
         let push_id = new_push_id();
         // The caller's span (SSH: `git`) declares the field; logs tie up by it.
@@ -282,8 +298,22 @@ impl GitServer {
         if piped.status != 0 {
             // The app is still locked: a quarantine left now is this push's.
             remove_quarantine_of_unfinished_push(&git_dir).await;
+        } else if let Some(saved) = self.saved.clone() {
+            // After the client has its answer, still under the app's lock.
+            let app = app.clone();
+            tokio::spawn(async move {
+                let _locked = lock;
+                if let Err(error) = saved.save(&app, &git_dir).await {
+                    tracing::warn!(%app, %error, "cannot save the push's git objects to storage");
+                }
+            });
+            return self.finish_push(piped, client).await;
         }
         drop(lock);
+        self.finish_push(piped, client).await
+    }
+
+    async fn finish_push(&self, piped: Piped, client: &dyn ClientSink) -> u32 {
         if piped.input_exceeded {
             self.refuse_oversized_push(client).await;
             return 1;
@@ -314,17 +344,20 @@ impl GitServer {
         let busy = |waited: &str| {
             format!("another push to {app} is in progress{waited}; try again when it has finished")
         };
-        let refusal = match self.admission.try_lock(app) {
+        let refusal = match self.admission.try_lock(app).await {
             Ok(lock) => return Some(lock),
-            Err(Refusal::Busy) if !wait.is_zero() => {
+            Err(Refusal::Busy { builder }) if !wait.is_zero() => {
                 let shown = deis_types::units::format_duration(wait);
+                let on = builder
+                    .map(|id| format!(" (on builder {id})"))
+                    .unwrap_or_default();
                 let msg = format!(
-                    "-----> Another push to {app} is in progress; waiting up to {shown} for it to finish\n"
+                    "-----> Another push to {app} is in progress{on}; waiting up to {shown} for it to finish\n"
                 );
                 client.stderr(Bytes::from(msg)).await;
                 match self.admission.lock(app, wait, cancel).await {
                     Ok(lock) => return Some(lock),
-                    Err(Refusal::Busy) => {
+                    Err(Refusal::Busy { .. }) => {
                         let waited = format!(" (waited {shown})");
                         client.stdout(pkt_line_error(&busy(&waited))).await;
                         return None;
@@ -335,7 +368,10 @@ impl GitServer {
             Err(refusal) => refusal,
         };
         let message = match refusal {
-            Refusal::Busy => busy(""),
+            Refusal::Busy { .. } => busy(""),
+            Refusal::Unavailable(error) => {
+                format!("cannot take {app}'s lease in the shared store, so nothing was started: {error}")
+            }
             Refusal::Draining => RESTARTING.to_owned(),
             Refusal::Gone => return None,
         };
@@ -388,6 +424,33 @@ impl GitServer {
         }
         Ok(git_dir)
     }
+}
+
+/// Brings the app's repository up to the saved one, telling the client what happened; a
+/// failure only costs the client a larger push.
+async fn restore(saved: &SavedRepos, app: &AppName, git_dir: &Path, client: &dyn ClientSink) {
+    use deis_types::units::format_size;
+    let message = match saved.restore(app, git_dir).await {
+        Ok(saved::Restored::UpToDate) => return,
+        Ok(saved::Restored::Fetched { bundles, bytes }) => {
+            tracing::info!(%app, bundles, bytes, "restored the repository from storage");
+            format!(
+                "-----> Restored {app}'s repository from storage ({bundles} bundle{}, {})",
+                if bundles == 1 { "" } else { "s" },
+                format_size(bytes)
+            )
+        }
+        Ok(saved::Restored::TooLarge { bytes, limit }) => format!(
+            "-----> {app}'s saved repository ({}) is over the restore limit of {} (--repo-restore-max): this push sends the whole history",
+            format_size(bytes),
+            format_size(limit)
+        ),
+        Err(error) => {
+            tracing::warn!(%app, %error, "cannot restore the repository from storage");
+            format!("-----> Cannot restore {app}'s repository from storage ({error}): this push sends what this builder lacks")
+        }
+    };
+    client.stderr(Bytes::from(message + "\n")).await;
 }
 
 async fn write_executable(path: &Path, content: &str) -> std::io::Result<()> {

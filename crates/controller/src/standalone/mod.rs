@@ -5,9 +5,15 @@
 //! <data_dir>/apps/<app>/config.json          {"KEY": "value", ...}
 //! <data_dir>/apps/<app>/releases/v<N>.json   one file per release
 //! ```
+//!
+//! With storage shared by several builders (S3), the same state lives in the object store
+//! instead (`store.rs`), so every builder sees the same users, config and releases.
+
+mod store;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -18,6 +24,8 @@ use super::values::{config_values, json_type_name};
 use super::{require_valid_fingerprint, AppConfig, AppName, Controller, ReleaseRequest};
 use super::{ControllerError, User};
 
+pub use store::{Moved, SharedState, Written};
+
 /// Gives up allocating a release number after this many lost races in a row.
 const MAX_RELEASE_ALLOCATION_ATTEMPTS: usize = 1000;
 
@@ -25,6 +33,11 @@ const MAX_RELEASE_ALLOCATION_ATTEMPTS: usize = 1000;
 pub struct StandaloneController {
     data_dir: PathBuf,
     authorized_keys: PathBuf,
+    /// The shared store holding the state instead of the data dir, with replicas.
+    store: Option<Arc<dyn SharedState>>,
+    /// The last `authorized_keys` read from the store: used while the store cannot be
+    /// reached, so an outage of the store does not lock every developer out.
+    last_keys: Arc<std::sync::Mutex<Option<(String, PathBuf)>>>,
 }
 
 impl StandaloneController {
@@ -32,7 +45,15 @@ impl StandaloneController {
         Self {
             data_dir,
             authorized_keys,
+            store: None,
+            last_keys: Arc::default(),
         }
+    }
+
+    /// State in `store` (shared by several builders) instead of the data dir.
+    pub fn in_store(mut self, store: Arc<dyn SharedState>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// An app's directory; an [`AppName`] is one safe path segment.
@@ -40,28 +61,82 @@ impl StandaloneController {
         self.data_dir.join("apps").join(app.as_str())
     }
 
-    /// Every usable key in the file, in file order. A missing file means no users.
+    /// The `authorized_keys` text and where it came from; `None` when there is none.
+    async fn authorized_keys_text(&self) -> Result<Option<(String, PathBuf)>, ControllerError> {
+        if let Some(store) = &self.store {
+            let last = || {
+                self.last_keys
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            return match store::authorized_keys(store.as_ref()).await {
+                Ok(keys) => {
+                    last().clone_from(&keys);
+                    Ok(keys)
+                }
+                Err(error) => match last().clone() {
+                    Some(keys) => {
+                        tracing::warn!(%error, "cannot read authorized_keys from the store; using the copy read last");
+                        Ok(Some(keys))
+                    }
+                    None => Err(error),
+                },
+            };
+        }
+        match tokio::fs::read_to_string(&self.authorized_keys).await {
+            Ok(text) => Ok(Some((text, self.authorized_keys.clone()))),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ControllerError::Io {
+                action: "cannot read",
+                path: self.authorized_keys.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Every usable key, in file order. No file means no users.
     async fn read_authorized_keys(
         &self,
     ) -> Result<Vec<authorized_keys::AuthorizedKey>, ControllerError> {
-        let text = match tokio::fs::read_to_string(&self.authorized_keys).await {
-            Ok(text) => text,
-            Err(err) if err.kind() == ErrorKind::NotFound => {
-                tracing::debug!(
-                    path = %self.authorized_keys.display(),
-                    "no authorized_keys file, so no users"
-                );
-                return Ok(Vec::new());
-            }
-            Err(source) => {
-                return Err(ControllerError::Io {
-                    action: "cannot read",
-                    path: self.authorized_keys.clone(),
-                    source,
-                })
-            }
+        let Some((text, path)) = self.authorized_keys_text().await? else {
+            tracing::debug!(path = %self.authorized_keys.display(), "no authorized_keys, so no users");
+            return Ok(Vec::new());
         };
-        Ok(authorized_keys::parse(&text, &self.authorized_keys))
+        Ok(authorized_keys::parse(&text, &path))
+    }
+
+    /// An app's `config.json` and where it came from; `None` when there is none.
+    async fn config_bytes(
+        &self,
+        app: &AppName,
+    ) -> Result<Option<(Vec<u8>, PathBuf)>, ControllerError> {
+        if let Some(store) = &self.store {
+            return store::app_config(store.as_ref(), app).await;
+        }
+        let path = self.app_dir(app).join("config.json");
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some((bytes, path))),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ControllerError::Io {
+                action: "cannot read",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Moves this data dir's state into the store, once: what the store already has
+    /// stays. Safe to run at every start (a second run moves nothing).
+    pub async fn move_into_store(&self) -> Result<Moved, ControllerError> {
+        let Some(store) = &self.store else {
+            return Ok(Moved::default());
+        };
+        store::move_from_dir(
+            store.as_ref(),
+            &self.authorized_keys,
+            &self.data_dir.join("apps"),
+        )
+        .await
     }
 }
 
@@ -101,17 +176,8 @@ impl Controller for StandaloneController {
     }
 
     async fn app_config(&self, _user: &str, app: &AppName) -> Result<AppConfig, ControllerError> {
-        let path = self.app_dir(app).join("config.json");
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(AppConfig::default()),
-            Err(source) => {
-                return Err(ControllerError::Io {
-                    action: "cannot read",
-                    path,
-                    source,
-                })
-            }
+        let Some((bytes, path)) = self.config_bytes(app).await? else {
+            return Ok(AppConfig::default());
         };
         let invalid = |problem: String| ControllerError::InvalidAppConfigFile {
             path: path.clone(),
@@ -132,7 +198,42 @@ impl Controller for StandaloneController {
 
     async fn release(&self, build: &ReleaseRequest<'_>) -> Result<u64, ControllerError> {
         let short_sha = build.short_sha()?;
-        let releases_dir = self.app_dir(build.app).join("releases");
+        let record = |version: u64| release_record(build, short_sha, version);
+        let version = match &self.store {
+            Some(store) => store::create_release(store.as_ref(), build.app, &record).await?,
+            None => self.create_release_file(build.app, &record).await?,
+        };
+        tracing::info!(app = %build.app, version, "release recorded");
+        Ok(version)
+    }
+
+    async fn check(&self) -> Result<(), ControllerError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match &self.store {
+            Some(store) => format!(
+                "standalone controller (keys, config and releases in {})",
+                store.describe()
+            ),
+            None => format!(
+                "standalone controller (keys from {}, data in {})",
+                self.authorized_keys.display(),
+                self.data_dir.display()
+            ),
+        }
+    }
+}
+
+impl StandaloneController {
+    /// Creates the next `v<N>.json` of `app` in the data dir; returns N.
+    async fn create_release_file(
+        &self,
+        app: &AppName,
+        record: &(dyn Fn(u64) -> Vec<u8> + Sync),
+    ) -> Result<u64, ControllerError> {
+        let releases_dir = self.app_dir(app).join("releases");
         tokio::fs::create_dir_all(&releases_dir)
             .await
             .map_err(|source| ControllerError::Io {
@@ -162,23 +263,7 @@ impl Controller for StandaloneController {
                     })
                 }
             };
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_secs())
-                .unwrap_or(0);
-            let record = json!({
-                "version": version,
-                "user": build.user,
-                "app": build.app.as_str(),
-                "sha": build.sha,
-                "short_sha": short_sha,
-                "image": build.artifact.reference(),
-                "procfile": build.procfile,
-                "dockerfile": build.artifact.is_image(),
-                "created": rfc3339_utc(now),
-            });
-            let mut text = serde_json::to_vec_pretty(&record).unwrap_or_default();
-            text.push(b'\n');
+            let text = record(version);
             let written = async {
                 file.write_all(&text).await?;
                 file.sync_all().await
@@ -191,26 +276,38 @@ impl Controller for StandaloneController {
                     source,
                 });
             }
-            tracing::info!(app = %build.app, version, "release recorded");
             return Ok(version);
         }
-        Err(ControllerError::InvalidRequest(format!(
-            "could not allocate a release number for {} (too much contention)",
-            build.app
-        )))
+        Err(too_much_contention(app))
     }
+}
 
-    async fn check(&self) -> Result<(), ControllerError> {
-        Ok(())
-    }
+fn too_much_contention(app: &AppName) -> ControllerError {
+    ControllerError::InvalidRequest(format!(
+        "could not allocate a release number for {app} (too much contention)"
+    ))
+}
 
-    fn describe(&self) -> String {
-        format!(
-            "standalone controller (keys from {}, data in {})",
-            self.authorized_keys.display(),
-            self.data_dir.display()
-        )
-    }
+/// The JSON record of release `version` of `build`.
+fn release_record(build: &ReleaseRequest<'_>, short_sha: &str, version: u64) -> Vec<u8> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let record = json!({
+        "version": version,
+        "user": build.user,
+        "app": build.app.as_str(),
+        "sha": build.sha,
+        "short_sha": short_sha,
+        "image": build.artifact.reference(),
+        "procfile": build.procfile,
+        "dockerfile": build.artifact.is_image(),
+        "created": rfc3339_utc(now),
+    });
+    let mut text = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    text.push(b'\n');
+    text
 }
 
 /// The highest N among `v<N>.json` in `dir` (0 when there is none).
