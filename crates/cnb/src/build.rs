@@ -258,6 +258,22 @@ fn read_processes(layers_dir: &Path, buildpack: &Buildpack) -> Result<Vec<Proces
                 ),
             ));
         }
+        // The release carries each command on one line (a Procfile line): a line break or
+        // another control character would not survive it.
+        if let Some(bad) = command
+            .iter()
+            .chain(&raw.args)
+            .flat_map(|part| part.chars())
+            .find(|&c| c.is_control() && c != '\t')
+        {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "process {:?}: its command contains the control character {bad:?}; a release's process command is one line",
+                    raw.kind
+                ),
+            ));
+        }
         if let Some(dir) = &raw.working_dir {
             if dir.split('/').any(|part| part == "..") {
                 return Err(Error::file(
@@ -572,6 +588,50 @@ mod tests {
         let mut processes = vec![process("web", true, "a")];
         merge_processes(&mut processes, vec![process("worker", false, "b")]);
         assert!(processes[0].default);
+    }
+
+    #[test]
+    fn commands_a_release_cannot_carry_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bp = Buildpack {
+            id: "x".into(),
+            version: "1.0.0".into(),
+            name: None,
+            api: crate::api::Api { major: 0, minor: 9 },
+            dir: dir.path().into(),
+            clear_env: false,
+            order: Vec::new(),
+        };
+        std::fs::write(
+            dir.path().join("launch.toml"),
+            "[[processes]]\ntype = \"web\"\ncommand = [\"bash\", \"-c\", \"\"\"\nset -e\nexec server\"\"\"]\n",
+        )
+        .unwrap();
+        let error = read_processes(dir.path(), &bp).unwrap_err().to_string();
+        assert!(
+            error.ends_with("launch.toml: process \"web\": its command contains the control character '\\n'; a release's process command is one line"),
+            "{error}"
+        );
+        std::fs::write(
+            dir.path().join("launch.toml"),
+            "[[processes]]\ntype = \"web\"\ncommand = [\"server\"]\nargs = [\"a\\u001bb\"]\n",
+        )
+        .unwrap();
+        assert!(read_processes(dir.path(), &bp).is_err());
+        // A tab is fine: the release writes it as it is.
+        std::fs::write(
+            dir.path().join("launch.toml"),
+            "[[processes]]\ntype = \"web\"\ncommand = [\"echo\", \"a\\tb\"]\n",
+        )
+        .unwrap();
+        let processes = read_processes(dir.path(), &bp).unwrap();
+        let app = tempfile::tempdir().unwrap();
+        write_release(app.path(), &processes).unwrap();
+        let release = std::fs::read_to_string(app.path().join(".release")).unwrap();
+        assert_eq!(
+            release,
+            "---\ndefault_process_types:\n  web: \"echo 'a\tb'\"\n"
+        );
     }
 
     #[test]
