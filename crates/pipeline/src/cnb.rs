@@ -42,6 +42,15 @@ pub struct SourceFilter {
 }
 
 impl SourceFilter {
+    /// `include` (or exclude) gitignore `patterns`, one a line.
+    #[cfg(test)]
+    pub fn new(include: bool, patterns: &str) -> SourceFilter {
+        SourceFilter {
+            include,
+            patterns: SlugIgnore::parse(patterns),
+        }
+    }
+
     /// With `include`, files matching (or below a match) and every directory; with
     /// `exclude`, everything but what matches and what is below it.
     pub fn keeps(&self, path: &str, is_dir: bool) -> bool {
