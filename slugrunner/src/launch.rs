@@ -2,7 +2,8 @@
 //! profile scripts sourced first, exec'd in place of the runner so the app is the process
 //! that receives the container's signals. A slug built by Cloud Native Buildpacks
 //! (`.cnb/launch.toml`) runs in its launch environment: layer `env/` and `env.launch/`
-//! files, `exec.d` output and `profile.d` scripts, and its processes run as declared.
+//! files, `exec.d` output and (for what runs through bash) `profile.d` scripts, and its
+//! processes run as declared.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -258,8 +259,10 @@ fn command(
                 "cd {} || exit 1\nexec \"$@\"",
                 shell_quote(&dir.display().to_string())
             );
+            // A direct process involves no shell: the Platform API sources layer
+            // `profile.d` scripts only for processes run through one.
             command
-                .arg(profile_script(app_dir, &layer_scripts, &tail))
+                .arg(profile_script(app_dir, &[], &tail))
                 .arg(name)
                 .args(argv);
         }
@@ -489,7 +492,22 @@ mod tests {
         assert!(output.status.success(), "{output:?}");
         assert_eq!(
             String::from_utf8_lossy(&output.stdout).trim_end(),
-            "hello from a layer yes x y"
+            "hello from a layer  x y",
+            "a direct process gets the layer env but no profile.d"
+        );
+
+        // A command line runs through bash, which sources the layers' profile.d.
+        let invocation =
+            Invocation::parse(args(&["start", "echo \"$GREETING $PROFILED\""])).unwrap();
+        let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
+        let output = command(&app_dir, &launch, Some(&metadata))
+            .unwrap()
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim_end(),
+            "hello from a layer yes"
         );
 
         // A Procfile entry wins over the buildpack's process.

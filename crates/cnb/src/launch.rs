@@ -5,7 +5,8 @@
 //! `launch.toml` merged (a later buildpack's type replaces an earlier one's). The slug
 //! runner reads it, sets each layer's `bin/` and `lib/` on the search paths, applies
 //! `env/`, `env.launch/` and `env.launch/<process>/`, runs the `exec.d` programs and uses
-//! their output, sources `profile.d` scripts, and execs the process.
+//! their output, sources `profile.d` scripts when the process runs through a shell, and
+//! execs the process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
