@@ -482,16 +482,21 @@ mod tests {
              direct = true\nbuildpack = \"example\"\n",
         )
         .unwrap();
+        let run = |launch: &Launch| {
+            let output = command(&app_dir, launch, Some(&metadata))
+                .unwrap()
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout)
+                .trim_end()
+                .to_owned()
+        };
         let invocation = Invocation::parse(args(&["start", "web"])).unwrap();
         let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
         assert!(matches!(launch, Launch::Process { .. }), "{launch:?}");
-        let output = command(&app_dir, &launch, Some(&metadata))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
         assert_eq!(
-            String::from_utf8_lossy(&output.stdout).trim_end(),
+            run(&launch),
             "hello from a layer  x y",
             "a direct process gets the layer env but no profile.d"
         );
@@ -500,15 +505,7 @@ mod tests {
         let invocation =
             Invocation::parse(args(&["start", "echo \"$GREETING $PROFILED\""])).unwrap();
         let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
-        let output = command(&app_dir, &launch, Some(&metadata))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&output.stdout).trim_end(),
-            "hello from a layer yes"
-        );
+        assert_eq!(run(&launch), "hello from a layer yes");
 
         // A Procfile entry wins over the buildpack's process.
         std::fs::write(app_dir.join("Procfile"), "web: echo from-procfile\n").unwrap();

@@ -546,6 +546,19 @@ mod tests {
         );
     }
 
+    /// Buildpack `x` of Buildpack API 0.`minor` in `dir`.
+    fn buildpack(dir: &Path, minor: u32) -> Buildpack {
+        Buildpack {
+            id: "x".into(),
+            version: "1.0.0".into(),
+            name: None,
+            api: crate::api::Api { major: 0, minor },
+            dir: dir.into(),
+            clear_env: false,
+            order: Vec::new(),
+        }
+    }
+
     fn process(kind: &str, default: bool, buildpack: &str) -> Process {
         Process {
             kind: kind.into(),
@@ -590,41 +603,29 @@ mod tests {
         assert!(processes[0].default);
     }
 
+    /// The processes of `launch_toml` written to `bp`'s directory (its layers directory here).
+    fn processes_of(bp: &Buildpack, launch_toml: &str) -> Result<Vec<Process>> {
+        std::fs::write(bp.dir.join("launch.toml"), launch_toml).unwrap();
+        read_processes(&bp.dir, bp)
+    }
+
     #[test]
     fn commands_a_release_cannot_carry_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let bp = Buildpack {
-            id: "x".into(),
-            version: "1.0.0".into(),
-            name: None,
-            api: crate::api::Api { major: 0, minor: 9 },
-            dir: dir.path().into(),
-            clear_env: false,
-            order: Vec::new(),
-        };
-        std::fs::write(
-            dir.path().join("launch.toml"),
-            "[[processes]]\ntype = \"web\"\ncommand = [\"bash\", \"-c\", \"\"\"\nset -e\nexec server\"\"\"]\n",
-        )
-        .unwrap();
-        let error = read_processes(dir.path(), &bp).unwrap_err().to_string();
+        let bp = buildpack(dir.path(), 9);
+        let multi_line = "[[processes]]\ntype = \"web\"\n\
+                          command = [\"bash\", \"-c\", \"\"\"\nset -e\nexec server\"\"\"]\n";
+        let error = processes_of(&bp, multi_line).unwrap_err().to_string();
         assert!(
             error.ends_with("launch.toml: process \"web\": its command contains the control character '\\n'; a release's process command is one line"),
             "{error}"
         );
-        std::fs::write(
-            dir.path().join("launch.toml"),
-            "[[processes]]\ntype = \"web\"\ncommand = [\"server\"]\nargs = [\"a\\u001bb\"]\n",
-        )
-        .unwrap();
-        assert!(read_processes(dir.path(), &bp).is_err());
+        let escape =
+            "[[processes]]\ntype = \"web\"\ncommand = [\"server\"]\nargs = [\"a\\u001bb\"]\n";
+        assert!(processes_of(&bp, escape).is_err());
         // A tab is fine: the release writes it as it is.
-        std::fs::write(
-            dir.path().join("launch.toml"),
-            "[[processes]]\ntype = \"web\"\ncommand = [\"echo\", \"a\\tb\"]\n",
-        )
-        .unwrap();
-        let processes = read_processes(dir.path(), &bp).unwrap();
+        let tab = "[[processes]]\ntype = \"web\"\ncommand = [\"echo\", \"a\\tb\"]\n";
+        let processes = processes_of(&bp, tab).unwrap();
         let app = tempfile::tempdir().unwrap();
         write_release(app.path(), &processes).unwrap();
         let release = std::fs::read_to_string(app.path().join(".release")).unwrap();
@@ -637,18 +638,7 @@ mod tests {
     #[test]
     fn processes_follow_the_api() {
         let dir = tempfile::tempdir().unwrap();
-        let mut bp = Buildpack {
-            id: "x".into(),
-            version: "1.0.0".into(),
-            name: None,
-            api: crate::api::Api {
-                major: 0,
-                minor: 10,
-            },
-            dir: dir.path().into(),
-            clear_env: false,
-            order: Vec::new(),
-        };
+        let mut bp = buildpack(dir.path(), 10);
         std::fs::write(dir.path().join("launch.toml"), "[[processes]]\ntype = \"web\"\ncommand = [\"./server\", \"--port\"]\nargs = [\"8080\"]\ndefault = true\n").unwrap();
         let processes = read_processes(dir.path(), &bp).unwrap();
         assert_eq!(processes[0].argv(), ["./server", "--port", "8080"]);
