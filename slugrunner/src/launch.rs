@@ -182,9 +182,18 @@ pub fn resolve(
                     working_dir: process.working_dir.clone(),
                 }
             } else {
+                // A shell process (Buildpack API 0.8) runs in its working directory too.
+                let line = match &process.working_dir {
+                    Some(dir) => format!(
+                        "cd {} || exit 1\n{}",
+                        shell_quote(&app_dir.join(dir).display().to_string()),
+                        process.command_line()
+                    ),
+                    None => process.command_line(),
+                };
                 Launch::Line {
                     name: name.clone(),
-                    line: process.command_line(),
+                    line,
                 }
             });
         }
@@ -482,8 +491,8 @@ mod tests {
              direct = true\nbuildpack = \"example\"\n",
         )
         .unwrap();
-        let run = |launch: &Launch| {
-            let output = command(&app_dir, launch, Some(&metadata))
+        let run = |launch: &Launch, metadata: &Metadata| {
+            let output = command(&app_dir, launch, Some(metadata))
                 .unwrap()
                 .output()
                 .unwrap();
@@ -496,7 +505,7 @@ mod tests {
         let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
         assert!(matches!(launch, Launch::Process { .. }), "{launch:?}");
         assert_eq!(
-            run(&launch),
+            run(&launch, &metadata),
             "hello from a layer  x y",
             "a direct process gets the layer env but no profile.d"
         );
@@ -505,7 +514,26 @@ mod tests {
         let invocation =
             Invocation::parse(args(&["start", "echo \"$GREETING $PROFILED\""])).unwrap();
         let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
-        assert_eq!(run(&launch), "hello from a layer yes");
+        assert_eq!(run(&launch, &metadata), "hello from a layer yes");
+
+        // A shell process of Buildpack API 0.8 runs in its working directory as well.
+        std::fs::create_dir_all(app_dir.join("sub dir")).unwrap();
+        let shell: Metadata = toml::from_str(
+            "[[processes]]\ntype = \"worker\"\ncommand = [\"pwd; echo $GREETING\"]\n\
+             direct = false\nworking-dir = \"sub dir\"\nbuildpack = \"example\"\n",
+        )
+        .unwrap();
+        let shell = Metadata {
+            processes: shell.processes,
+            ..metadata.clone()
+        };
+        let invocation = Invocation::parse(args(&["start", "worker"])).unwrap();
+        let launch = resolve(&app_dir, invocation, Some(&shell)).unwrap();
+        assert!(matches!(launch, Launch::Line { .. }), "{launch:?}");
+        assert_eq!(
+            run(&launch, &shell),
+            format!("{}\nhello from a layer", app_dir.join("sub dir").display())
+        );
 
         // A Procfile entry wins over the buildpack's process.
         std::fs::write(app_dir.join("Procfile"), "web: echo from-procfile\n").unwrap();
