@@ -173,8 +173,10 @@ fn order_groups_optional_buildpacks_and_the_build_plan() {
     );
 }
 
-/// CNBs named by `BUILDPACK_URL` (a tarball here) build like in-source ones; a
-/// `.buildpacks` listing a classic buildpack and a CNB is refused with both named.
+/// CNBs named by `BUILDPACK_URL` (a tarball here) build like in-source ones, and take
+/// precedence over project.toml's buildpacks (here ids without a uri, which this builder
+/// could not fetch) while its `exclude` still applies; a `.buildpacks` listing a classic
+/// buildpack and a CNB is refused with both named.
 #[test]
 #[ignore = "integration test: needs Docker, S3 and a registry; scripts/test.sh runs it"]
 fn cnbs_from_buildpack_url_and_no_mixing_with_classic_buildpacks() {
@@ -199,6 +201,12 @@ fn cnbs_from_buildpack_url_and_no_mixing_with_classic_buildpacks() {
         &builder,
         &name,
         &[("BUILDPACK_URL", &cnb), ("SLOW_SECONDS", "0")],
+    );
+    // The buildpack fails when docs/ reaches it: the exclude is in force.
+    app.commit_file(
+        "project.toml",
+        "[_]\nschema-version = \"0.2\"\n[io.buildpacks]\nexclude = [\"docs/\"]\n\
+         [[io.buildpacks.group]]\nid = \"heroku/nodejs\"\n",
     );
     app.push(&builder, &name, &key)
         .assert_ok()

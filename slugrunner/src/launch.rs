@@ -2,7 +2,8 @@
 //! profile scripts sourced first, exec'd in place of the runner so the app is the process
 //! that receives the container's signals. A slug built by Cloud Native Buildpacks
 //! (`.cnb/launch.toml`) runs in its launch environment: layer `env/` and `env.launch/`
-//! files, `exec.d` output and `profile.d` scripts, and its processes run as declared.
+//! files, `exec.d` output and (for what runs through bash) `profile.d` scripts, and its
+//! processes run as declared.
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -181,9 +182,18 @@ pub fn resolve(
                     working_dir: process.working_dir.clone(),
                 }
             } else {
+                // A shell process (Buildpack API 0.8) runs in its working directory too.
+                let line = match &process.working_dir {
+                    Some(dir) => format!(
+                        "cd {} || exit 1\n{}",
+                        shell_quote(&app_dir.join(dir).display().to_string()),
+                        process.command_line()
+                    ),
+                    None => process.command_line(),
+                };
                 Launch::Line {
                     name: name.clone(),
-                    line: process.command_line(),
+                    line,
                 }
             });
         }
@@ -258,8 +268,10 @@ fn command(
                 "cd {} || exit 1\nexec \"$@\"",
                 shell_quote(&dir.display().to_string())
             );
+            // A direct process involves no shell: the Platform API sources layer
+            // `profile.d` scripts only for processes run through one.
             command
-                .arg(profile_script(app_dir, &layer_scripts, &tail))
+                .arg(profile_script(app_dir, &[], &tail))
                 .arg(name)
                 .args(argv);
         }
@@ -479,17 +491,48 @@ mod tests {
              direct = true\nbuildpack = \"example\"\n",
         )
         .unwrap();
+        let run = |launch: &Launch, metadata: &Metadata| {
+            let output = command(&app_dir, launch, Some(metadata))
+                .unwrap()
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8_lossy(&output.stdout)
+                .trim_end()
+                .to_owned()
+        };
         let invocation = Invocation::parse(args(&["start", "web"])).unwrap();
         let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
         assert!(matches!(launch, Launch::Process { .. }), "{launch:?}");
-        let output = command(&app_dir, &launch, Some(&metadata))
-            .unwrap()
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
         assert_eq!(
-            String::from_utf8_lossy(&output.stdout).trim_end(),
-            "hello from a layer yes x y"
+            run(&launch, &metadata),
+            "hello from a layer  x y",
+            "a direct process gets the layer env but no profile.d"
+        );
+
+        // A command line runs through bash, which sources the layers' profile.d.
+        let invocation =
+            Invocation::parse(args(&["start", "echo \"$GREETING $PROFILED\""])).unwrap();
+        let launch = resolve(&app_dir, invocation, Some(&metadata)).unwrap();
+        assert_eq!(run(&launch, &metadata), "hello from a layer yes");
+
+        // A shell process of Buildpack API 0.8 runs in its working directory as well.
+        std::fs::create_dir_all(app_dir.join("sub dir")).unwrap();
+        let shell: Metadata = toml::from_str(
+            "[[processes]]\ntype = \"worker\"\ncommand = [\"pwd; echo $GREETING\"]\n\
+             direct = false\nworking-dir = \"sub dir\"\nbuildpack = \"example\"\n",
+        )
+        .unwrap();
+        let shell = Metadata {
+            processes: shell.processes,
+            ..metadata.clone()
+        };
+        let invocation = Invocation::parse(args(&["start", "worker"])).unwrap();
+        let launch = resolve(&app_dir, invocation, Some(&shell)).unwrap();
+        assert!(matches!(launch, Launch::Line { .. }), "{launch:?}");
+        assert_eq!(
+            run(&launch, &shell),
+            format!("{}\nhello from a layer", app_dir.join("sub dir").display())
         );
 
         // A Procfile entry wins over the buildpack's process.

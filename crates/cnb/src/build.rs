@@ -108,10 +108,7 @@ pub fn build(platform: &Platform, selected: &Selected, out: &mut dyn Write) -> R
                 met[e] = true;
             }
         }
-        for process in read_processes(&layers_dir, buildpack)? {
-            processes.retain(|p| p.kind != process.kind);
-            processes.push(process);
-        }
+        merge_processes(&mut processes, read_processes(&layers_dir, buildpack)?);
         let layers = read_layers(&layers_dir)?;
         for layer in &layers {
             let dir = layers_dir.join(&layer.name);
@@ -252,6 +249,31 @@ fn read_processes(layers_dir: &Path, buildpack: &Buildpack) -> Result<Vec<Proces
                 format!("process {:?} has an empty command", raw.kind),
             ));
         }
+        if raw.default && processes.iter().any(|p| p.default) {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "process {:?} is a second process with default = true; a buildpack may declare one",
+                    raw.kind
+                ),
+            ));
+        }
+        // The release carries each command on one line (a Procfile line): a line break or
+        // another control character would not survive it.
+        if let Some(bad) = command
+            .iter()
+            .chain(&raw.args)
+            .flat_map(|part| part.chars())
+            .find(|&c| c.is_control() && c != '\t')
+        {
+            return Err(Error::file(
+                &path,
+                format!(
+                    "process {:?}: its command contains the control character {bad:?}; a release's process command is one line",
+                    raw.kind
+                ),
+            ));
+        }
         if let Some(dir) = &raw.working_dir {
             if dir.split('/').any(|part| part == "..") {
                 return Err(Error::file(
@@ -271,6 +293,21 @@ fn read_processes(layers_dir: &Path, buildpack: &Buildpack) -> Result<Vec<Proces
         });
     }
     Ok(processes)
+}
+
+/// Adds a buildpack's processes to those of the buildpacks before it: a later definition
+/// of a type replaces the earlier one (a non-default one may so leave no default), and the
+/// last process declared `default` is the only default.
+fn merge_processes(processes: &mut Vec<Process>, later: Vec<Process>) {
+    if later.iter().any(|p| p.default) {
+        for process in processes.iter_mut() {
+            process.default = false;
+        }
+    }
+    for process in later {
+        processes.retain(|p| p.kind != process.kind);
+        processes.push(process);
+    }
 }
 
 fn string_array(value: &toml::Value) -> Option<Vec<String>> {
@@ -509,21 +546,99 @@ mod tests {
         );
     }
 
-    #[test]
-    fn processes_follow_the_api() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut bp = Buildpack {
+    /// Buildpack `x` of Buildpack API 0.`minor` in `dir`.
+    fn buildpack(dir: &Path, minor: u32) -> Buildpack {
+        Buildpack {
             id: "x".into(),
             version: "1.0.0".into(),
             name: None,
-            api: crate::api::Api {
-                major: 0,
-                minor: 10,
-            },
-            dir: dir.path().into(),
+            api: crate::api::Api { major: 0, minor },
+            dir: dir.into(),
             clear_env: false,
             order: Vec::new(),
+        }
+    }
+
+    fn process(kind: &str, default: bool, buildpack: &str) -> Process {
+        Process {
+            kind: kind.into(),
+            command: vec!["run".into()],
+            args: Vec::new(),
+            direct: true,
+            default,
+            working_dir: None,
+            buildpack: buildpack.into(),
+        }
+    }
+
+    #[test]
+    fn the_last_default_process_is_the_only_default() {
+        let summary = |processes: &[Process]| -> Vec<(String, bool, String)> {
+            processes
+                .iter()
+                .map(|p| (p.kind.clone(), p.default, p.buildpack.clone()))
+                .collect()
         };
+        let mut processes = Vec::new();
+        merge_processes(
+            &mut processes,
+            vec![process("web", true, "a"), process("console", false, "a")],
+        );
+        merge_processes(&mut processes, vec![process("worker", true, "b")]);
+        assert_eq!(
+            summary(&processes),
+            [
+                ("web".into(), false, "a".into()),
+                ("console".into(), false, "a".into()),
+                ("worker".into(), true, "b".into()),
+            ]
+        );
+        // A later non-default definition of the default type leaves no default.
+        merge_processes(&mut processes, vec![process("worker", false, "c")]);
+        assert!(processes.iter().all(|p| !p.default), "{processes:?}");
+        assert_eq!(processes.last().unwrap().buildpack, "c");
+        // A buildpack without a default keeps the earlier one.
+        let mut processes = vec![process("web", true, "a")];
+        merge_processes(&mut processes, vec![process("worker", false, "b")]);
+        assert!(processes[0].default);
+    }
+
+    /// The processes of `launch_toml` written to `bp`'s directory (its layers directory here).
+    fn processes_of(bp: &Buildpack, launch_toml: &str) -> Result<Vec<Process>> {
+        std::fs::write(bp.dir.join("launch.toml"), launch_toml).unwrap();
+        read_processes(&bp.dir, bp)
+    }
+
+    #[test]
+    fn commands_a_release_cannot_carry_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let bp = buildpack(dir.path(), 9);
+        let multi_line = "[[processes]]\ntype = \"web\"\n\
+                          command = [\"bash\", \"-c\", \"\"\"\nset -e\nexec server\"\"\"]\n";
+        let error = processes_of(&bp, multi_line).unwrap_err().to_string();
+        assert!(
+            error.ends_with("launch.toml: process \"web\": its command contains the control character '\\n'; a release's process command is one line"),
+            "{error}"
+        );
+        let escape =
+            "[[processes]]\ntype = \"web\"\ncommand = [\"server\"]\nargs = [\"a\\u001bb\"]\n";
+        assert!(processes_of(&bp, escape).is_err());
+        // A tab is fine: the release writes it as it is.
+        let tab = "[[processes]]\ntype = \"web\"\ncommand = [\"echo\", \"a\\tb\"]\n";
+        let processes = processes_of(&bp, tab).unwrap();
+        let app = tempfile::tempdir().unwrap();
+        write_release(app.path(), &processes).unwrap();
+        let release = std::fs::read_to_string(app.path().join(".release")).unwrap();
+        assert_eq!(
+            release,
+            "---\ndefault_process_types:\n  web: \"echo 'a\tb'\"\n"
+        );
+    }
+
+    #[test]
+    fn processes_follow_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bp = buildpack(dir.path(), 10);
         std::fs::write(dir.path().join("launch.toml"), "[[processes]]\ntype = \"web\"\ncommand = [\"./server\", \"--port\"]\nargs = [\"8080\"]\ndefault = true\n").unwrap();
         let processes = read_processes(dir.path(), &bp).unwrap();
         assert_eq!(processes[0].argv(), ["./server", "--port", "8080"]);
@@ -541,6 +656,17 @@ mod tests {
         .unwrap();
         let processes = read_processes(dir.path(), &bp).unwrap();
         assert!(!processes[0].direct);
+        std::fs::write(
+            dir.path().join("launch.toml"),
+            "[[processes]]\ntype = \"web\"\ncommand = \"a\"\ndefault = true\n\
+             [[processes]]\ntype = \"worker\"\ncommand = \"b\"\ndefault = true\n",
+        )
+        .unwrap();
+        let error = read_processes(dir.path(), &bp).unwrap_err().to_string();
+        assert!(
+            error.ends_with("launch.toml: process \"worker\" is a second process with default = true; a buildpack may declare one"),
+            "{error}"
+        );
         std::fs::write(dir.path().join("launch.toml"), "[[processes]\n").unwrap();
         let error = read_processes(dir.path(), &bp).unwrap_err().to_string();
         assert!(

@@ -253,10 +253,13 @@ fn run_detect(platform: &Platform, buildpack: &Buildpack, run: usize) -> Result<
         .env_clear()
         .envs(env.to_os())
         .stdin(Stdio::null())
-        .output()
-        .map_err(|error| {
-            Error::Buildpack(format!("cannot run {}: {error}", executable.display()))
-        })?;
+        .output();
+    // A detect that cannot even start (not executable, a bad interpreter line) is an
+    // error of this buildpack, like any other: its group fails, others may pass.
+    let output = match output {
+        Ok(output) => output,
+        Err(error) => return Ok(Outcome::Error(format!("cannot run bin/detect: {error}"))),
+    };
     let outcome = match output.status.code() {
         Some(0) => {
             let plan = files::read_toml::<PlanFile>(&plan_path)?.unwrap_or_default();
@@ -416,6 +419,7 @@ fn resolve_trial(trial: &[(&Member, &Alternative)], group_size: usize) -> Option
 mod tests {
     use super::*;
     use crate::api::Api;
+    use crate::env::Env;
 
     fn member(id: &str, optional: bool) -> Member {
         Member {
@@ -433,6 +437,52 @@ mod tests {
             },
             optional,
         }
+    }
+
+    #[test]
+    fn a_detect_that_cannot_run_is_that_buildpacks_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let write_buildpack = |name: &str, detect: &str, mode: u32| {
+            let dir = root.path().join("buildpacks").join(name);
+            std::fs::create_dir_all(dir.join("bin")).unwrap();
+            std::fs::write(dir.join("bin/detect"), detect).unwrap();
+            std::fs::set_permissions(
+                dir.join("bin/detect"),
+                std::fs::Permissions::from_mode(mode),
+            )
+            .unwrap();
+            let mut member = member(name, name == "broken");
+            member.buildpack.dir = dir;
+            member
+        };
+        let broken = write_buildpack("broken", "#!/bin/sh\nexit 0\n", 0o644);
+        let good = write_buildpack("good", "#!/bin/sh\nexit 0\n", 0o755);
+        let platform = Platform {
+            app_dir: root.path().to_owned(),
+            platform_dir: root.path().join("platform"),
+            buildpacks_dir: root.path().join("buildpacks"),
+            cache_dir: root.path().join("cache"),
+            scratch_dir: root.path().join("scratch"),
+            base_env: Env::default(),
+            user_env: Env::default(),
+            target: Vec::new(),
+        };
+        let mut out = String::new();
+        let selected = detect(&platform, &[vec![broken.clone(), good]], &mut out).unwrap();
+        assert_eq!(selected.members.len(), 1, "{out}");
+        assert_eq!(selected.members[0].id, "good");
+
+        // Alone and required, it fails detection with the reason.
+        let mut required = broken;
+        required.optional = false;
+        let error = detect(&platform, &[vec![required]], &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("detection failed: broken@1.0.0: cannot run bin/detect: "),
+            "{error}"
+        );
     }
 
     fn pass(toml: &str) -> Outcome {

@@ -66,7 +66,9 @@ impl Env {
         self.set(name, joined);
     }
 
-    /// A layer's well-known directories on the search paths of `phase`.
+    /// A layer's well-known directories on the search paths of `phase`. A link to a
+    /// directory counts (`bin -> jdk/bin`), as it does for the CNB lifecycle: only the
+    /// path goes on the search path, nothing is read through it here.
     pub fn add_layer_paths(&mut self, layer: &Path, phase: Phase) {
         let paths: &[(&str, &str)] = match phase {
             Phase::Launch => &[("bin", "PATH"), ("lib", "LD_LIBRARY_PATH")],
@@ -80,7 +82,7 @@ impl Env {
         };
         for (dir, name) in paths {
             let path = layer.join(dir);
-            if files::is_dir(&path) {
+            if path.is_dir() {
                 self.prepend_path(name, &path.display().to_string());
             }
         }
@@ -187,5 +189,16 @@ mod tests {
         assert_eq!(env.get("CPATH"), None);
         env.add_layer_paths(dir.path(), Phase::Build);
         assert!(env.get("CPATH").is_some());
+
+        // A layer whose bin/ is a link into the software it installed.
+        let jdk = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(jdk.path().join("jdk/bin")).unwrap();
+        std::os::unix::fs::symlink("jdk/bin", jdk.path().join("bin")).unwrap();
+        let mut env = Env::default();
+        env.add_layer_paths(jdk.path(), Phase::Launch);
+        assert_eq!(
+            env.get("PATH"),
+            Some(jdk.path().join("bin").display().to_string().as_str())
+        );
     }
 }

@@ -5,7 +5,8 @@
 //! `launch.toml` merged (a later buildpack's type replaces an earlier one's). The slug
 //! runner reads it, sets each layer's `bin/` and `lib/` on the search paths, applies
 //! `env/`, `env.launch/` and `env.launch/<process>/`, runs the `exec.d` programs and uses
-//! their output, sources `profile.d` scripts, and execs the process.
+//! their output, sources `profile.d` scripts when the process runs through a shell, and
+//! execs the process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -104,9 +105,33 @@ pub fn shell_quote(text: &str) -> String {
     }
 }
 
-/// The metadata of a CNB slug; `None` for a classic one.
+/// The metadata of a CNB slug; `None` for a classic one. Its buildpack directories and
+/// layers must be names under `.cnb/layers` (the slug runner reads env files and runs
+/// `exec.d` programs from them): the file comes from the slug, whose app part is the
+/// pushed source.
 pub fn read(app_dir: &Path) -> Result<Option<Metadata>> {
-    files::read_toml(&metadata_path(app_dir))
+    let path = metadata_path(app_dir);
+    let Some(metadata) = files::read_toml::<Metadata>(&path)? else {
+        return Ok(None);
+    };
+    for buildpack in &metadata.buildpacks {
+        for name in std::iter::once(&buildpack.dir).chain(&buildpack.layers) {
+            let plain = !["", ".", ".."].contains(&name.as_str())
+                && !name.contains('/')
+                && !name.chars().any(char::is_control);
+            if !plain {
+                return Err(Error::file(
+                    &path,
+                    format!(
+                        "buildpack {}: {name:?} is not a directory name under {}/layers",
+                        buildpack.id,
+                        crate::CNB_DIR
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Some(metadata))
 }
 
 pub fn write(app_dir: &Path, metadata: &Metadata) -> Result<()> {
@@ -243,6 +268,41 @@ mod tests {
         process.command = vec!["python3 -m http.server $PORT".into()];
         process.args = vec!["a b".into()];
         assert_eq!(process.command_line(), "python3 -m http.server $PORT 'a b'");
+    }
+
+    #[test]
+    fn metadata_names_stay_under_the_layers_directory() {
+        let app = tempfile::tempdir().unwrap();
+        assert!(read(app.path()).unwrap().is_none());
+        std::fs::create_dir_all(app.path().join(".cnb")).unwrap();
+        let metadata = |dir: &str, layer: &str| {
+            format!(
+                "[[buildpacks]]\nid = \"x\"\nversion = \"1\"\napi = \"0.10\"\ndir = \"{dir}\"\n\
+                 layers = [\"{layer}\"]\n"
+            )
+        };
+        let path = metadata_path(app.path());
+        std::fs::write(&path, metadata("example_hello", "runtime")).unwrap();
+        assert_eq!(
+            read(app.path()).unwrap().unwrap().buildpacks[0].layers,
+            ["runtime"]
+        );
+        for (dir, layer) in [
+            ("..", "runtime"),
+            ("example_hello", "../../../usr"),
+            ("example_hello", ".."),
+            (".", "runtime"),
+            ("/usr", "lib"),
+            ("", "runtime"),
+        ] {
+            std::fs::write(&path, metadata(dir, layer)).unwrap();
+            let error = read(app.path()).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("{}: buildpack x: ", path.display()))
+                    && error.ends_with("is not a directory name under .cnb/layers"),
+                "{dir} {layer}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub struct SourceFilter {
 }
 
 impl SourceFilter {
+    /// `include` (or exclude) gitignore `patterns`, one a line.
+    #[cfg(test)]
+    pub fn new(include: bool, patterns: &str) -> SourceFilter {
+        SourceFilter {
+            include,
+            patterns: SlugIgnore::parse(patterns),
+        }
+    }
+
     /// With `include`, files matching (or below a match) and every directory; with
     /// `exclude`, everything but what matches and what is below it.
     pub fn keeps(&self, path: &str, is_dir: bool) -> bool {
@@ -54,10 +63,30 @@ impl SourceFilter {
 }
 
 /// `project.toml`, both schemas, reduced to what builds use.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Project {
-    buildpacks: Vec<ProjectBuildpack>,
+    /// Checked only when used: `BUILDPACK_URL` and `.buildpacks` take precedence.
+    buildpacks: Vec<RawRef>,
     filter: Option<SourceFilter>,
+}
+
+impl Project {
+    /// The listed buildpacks, each a URL or a directory of the pushed source.
+    fn buildpacks(&self) -> Result<Vec<ProjectBuildpack>, BuildError> {
+        let buildpacks = self
+            .buildpacks
+            .iter()
+            .map(project_buildpack)
+            .collect::<Result<Vec<_>, _>>()?;
+        if buildpacks.len() > super::fetch::MAX_BUILDPACKS {
+            return Err(project_error(format!(
+                "{} buildpacks are listed; at most {} are supported",
+                buildpacks.len(),
+                super::fetch::MAX_BUILDPACKS
+            )));
+        }
+        Ok(buildpacks)
+    }
 }
 
 #[derive(Debug)]
@@ -166,28 +195,20 @@ fn parse_project(text: &str) -> Result<Project, BuildError> {
         }),
         (None, None) => None,
     };
-    let buildpacks = refs
-        .into_iter()
-        .map(project_buildpack)
-        .collect::<Result<Vec<_>, _>>()?;
-    if buildpacks.len() > super::fetch::MAX_BUILDPACKS {
-        return Err(project_error(format!(
-            "{} buildpacks are listed; at most {} are supported",
-            buildpacks.len(),
-            super::fetch::MAX_BUILDPACKS
-        )));
-    }
-    Ok(Project { buildpacks, filter })
+    Ok(Project {
+        buildpacks: refs,
+        filter,
+    })
 }
 
-fn project_buildpack(raw: RawRef) -> Result<ProjectBuildpack, BuildError> {
+fn project_buildpack(raw: &RawRef) -> Result<ProjectBuildpack, BuildError> {
     let name = raw.id.as_deref().unwrap_or("(no id)");
     if raw.script.is_some() {
         return Err(project_error(format!(
             "buildpack {name}: inline `script` buildpacks are not supported; use a uri"
         )));
     }
-    let Some(uri) = raw.uri else {
+    let Some(uri) = &raw.uri else {
         return Err(project_error(format!(
             "buildpack {name} has no uri; this builder has no buildpack registry, so give \
              each buildpack a uri (a URL, or a path to it in the app)"
@@ -201,9 +222,9 @@ fn project_buildpack(raw: RawRef) -> Result<ProjectBuildpack, BuildError> {
                 "buildpack {name}: {uri:?} names an image; give a git or tarball URL or a path"
             )));
         }
-        return Ok(ProjectBuildpack::Url(BuildpackUrl::parse(&uri)?));
+        return Ok(ProjectBuildpack::Url(BuildpackUrl::parse(uri)?));
     }
-    relative_path(&uri)
+    relative_path(uri)
         .map(ProjectBuildpack::Path)
         .ok_or_else(|| {
             project_error(format!(
@@ -249,7 +270,7 @@ impl Pipeline {
         let buildpacks = match listed {
             Some(listed) => listed,
             None if !project.buildpacks.is_empty() => {
-                self.fetch_project_buildpacks(push, &project, fetcher, workspace, out)
+                self.fetch_project_buildpacks(push, &project.buildpacks()?, fetcher, workspace, out)
                     .await?
             }
             None => return Ok((None, None)),
@@ -295,13 +316,13 @@ impl Pipeline {
     async fn fetch_project_buildpacks(
         &self,
         push: &Push,
-        project: &Project,
+        buildpacks: &[ProjectBuildpack],
         fetcher: &Fetcher,
         workspace: &Workspace,
         out: &Output,
     ) -> Result<Vec<FetchedBuildpack>, BuildError> {
-        let mut fetched = Vec::with_capacity(project.buildpacks.len());
-        for (index, buildpack) in project.buildpacks.iter().enumerate() {
+        let mut fetched = Vec::with_capacity(buildpacks.len());
+        for (index, buildpack) in buildpacks.iter().enumerate() {
             match buildpack {
                 ProjectBuildpack::Url(url) => {
                     out.line(format!("=====> Downloading Buildpack: {url}"))
@@ -376,8 +397,9 @@ mod tests {
              [[build.buildpacks]]\nid = \"b\"\nuri = \"https://example.com/b.tgz\"\n",
         )
         .unwrap();
-        assert_eq!(v1.buildpacks.len(), 2);
-        assert!(matches!(&v1.buildpacks[0], ProjectBuildpack::Path(p) if p == "buildpacks/hello"));
+        let buildpacks = v1.buildpacks().unwrap();
+        assert_eq!(buildpacks.len(), 2);
+        assert!(matches!(&buildpacks[0], ProjectBuildpack::Path(p) if p == "buildpacks/hello"));
         let filter = v1.filter.unwrap();
         assert!(!filter.keeps("docs", true));
         assert!(!filter.keeps("README.md", false));
@@ -393,6 +415,24 @@ mod tests {
         assert!(filter.keeps("other", true));
         assert!(!filter.keeps("other/x", false));
         assert!(filter.keeps("Procfile", false));
+    }
+
+    #[test]
+    fn buildpack_entries_are_checked_only_when_used() {
+        // A descriptor written for a platform with a registry: ids without uris. With
+        // BUILDPACK_URL or .buildpacks the entries are not used, and only its filter counts.
+        let project = parse_project(
+            "[_]\nschema-version = \"0.2\"\n[io.buildpacks]\nexclude = [\"docs/\"]\n\
+             [[io.buildpacks.group]]\nid = \"heroku/nodejs\"\n",
+        )
+        .unwrap();
+        assert!(!project.filter.unwrap().keeps("docs", true));
+        let project = parse_project("[[build.buildpacks]]\nid = \"heroku/nodejs\"\n").unwrap();
+        let error = project.buildpacks().err().unwrap().to_string();
+        assert!(
+            error.contains("buildpack heroku/nodejs has no uri"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -420,7 +460,11 @@ mod tests {
             ),
             ("[build\n", "project.toml: invalid TOML at line 1"),
         ] {
-            let error = parse_project(text).unwrap_err().to_string();
+            let error = parse_project(text)
+                .and_then(|project| project.buildpacks())
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} was accepted"))
+                .to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
             assert!(error.starts_with("project.toml: "), "{error}");
         }

@@ -76,9 +76,15 @@ pub fn write(
         })?,
         None => copy_source(source, &mut tar)?,
     }
+    // A submodule's files are the source's too: include/exclude apply to them as well.
+    let keep_in_app = |path: &str, is_dir: bool| {
+        extras
+            .keep_source
+            .is_none_or(|filter| filter.keeps(path.strip_prefix("app/").unwrap_or(path), is_dir))
+    };
     for submodule in extras.submodules {
         let target = format!("app/{}", submodule.path);
-        append_host_dir(&mut tar, &submodule.dir, &target, &|_, _| true)?;
+        append_host_dir(&mut tar, &submodule.dir, &target, &keep_in_app)?;
     }
     for (name, value) in config {
         tar.file(&format!("build/env/{name}"), 0o600, value.as_bytes())?;
@@ -448,6 +454,64 @@ mod tests {
         assert!(
             !names.iter().any(|n| n == "etc" || n == "etc/ssl"),
             "{names:?}"
+        );
+    }
+
+    #[test]
+    fn project_exclude_and_include_apply_to_submodules_too() {
+        let host = tempfile::tempdir().unwrap();
+        let checkout = host.path().join("lib");
+        std::fs::create_dir_all(checkout.join("docs")).unwrap();
+        std::fs::write(checkout.join("docs/big.pdf"), "pdf").unwrap();
+        std::fs::write(checkout.join("code.py"), "py").unwrap();
+        let submodules = [
+            FetchedSubmodule {
+                path: "vendor/lib".into(),
+                dir: checkout.clone(),
+            },
+            FetchedSubmodule {
+                path: "lib".into(),
+                dir: checkout,
+            },
+        ];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        let mut source = tar::Builder::new(Vec::new());
+        source.append_data(&mut h, "app.py", &b"abc"[..]).unwrap();
+        let source = source.into_inner().unwrap();
+        let names_with = |filter: &crate::cnb::SourceFilter| {
+            let extras = Extras {
+                cache: None,
+                buildpacks: Some(&[]),
+                ssh_key: None,
+                ca_bundle: None,
+                submodules: &submodules,
+                push_env: "",
+                keep_source: Some(filter),
+                cnb_driver: None,
+            };
+            let mut out = Vec::new();
+            write(&source[..], &BTreeMap::new(), &extras, &mut out).unwrap();
+            let mut names: Vec<String> = names_of(&out)
+                .into_iter()
+                .filter(|n| n.starts_with("app/") && !n.ends_with('/'))
+                .collect();
+            names.sort();
+            names
+        };
+        let excluded = names_with(&crate::cnb::SourceFilter::new(false, "vendor/\ndocs/\n"));
+        assert_eq!(excluded, ["app/app.py", "app/lib/code.py"]);
+        let included = names_with(&crate::cnb::SourceFilter::new(true, "*.py\n"));
+        assert_eq!(
+            included,
+            [
+                "app/app.py",
+                "app/lib/code.py",
+                "app/lib/docs",
+                "app/vendor/lib/code.py",
+                "app/vendor/lib/docs"
+            ]
         );
     }
 
