@@ -299,13 +299,17 @@ class Builder:
         return self.events("deployed")
 
     def wait_archived(self, pushes: int, timeout: float = 300):
-        """Waits until the source tarballs of `pushes` deployed pushes are stored (or
-        failed): they are written after the push is answered, and must not overlap what
-        is timed next."""
+        """Waits until the work of `pushes` deployed pushes that runs after the answer is
+        done (or failed): the source tarball, and on S3 the repository save. It must not
+        overlap what is timed next."""
+        after_push = [("source archived", "source tarball not stored")]
+        if self.bucket:
+            after_push.append(("saved the push's git objects to storage",
+                               "cannot save the push's git objects to storage"))
         deadline = time.monotonic() + timeout
-        while len(self.events("source archived", "source tarball not stored")) < pushes:
+        while any(len(self.events(*done)) < pushes for done in after_push):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"source tarballs not stored in time:\n{self.log_tail()}")
+                raise RuntimeError(f"after-push work not done in time:\n{self.log_tail()}")
             time.sleep(0.05)
 
     def stop(self):
