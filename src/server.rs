@@ -197,6 +197,8 @@ impl Listeners {
 /// The served listeners, and how to close them in order.
 struct Running {
     tracker: TaskTracker,
+    /// For the work pushes leave for after their answer: repository saves, source tarballs.
+    git: GitServer,
     pipeline: Arc<Pipeline>,
     hooks: tokio::task::JoinHandle<()>,
     close_hooks: CancellationToken,
@@ -220,7 +222,7 @@ impl Running {
         let close_hooks = CancellationToken::new();
         let hooks = tokio::spawn(deis_frontdoor::git::hook::serve(
             listeners.hook,
-            git,
+            git.clone(),
             pipeline.clone(),
             close_hooks.clone(),
             tracker.clone(),
@@ -243,6 +245,7 @@ impl Running {
         ));
         Running {
             tracker,
+            git,
             pipeline,
             hooks,
             close_hooks,
@@ -266,8 +269,18 @@ impl Running {
             // Cancelled builds remove their containers and roll back their objects.
             let _ = tokio::time::timeout(CLEANUP_GRACE, self.tracker.wait()).await;
         }
-        // Deployed pushes' source tarballs, started as each push ended.
-        if !self.pipeline.archives.wait(grace).await {
+        // What deployed pushes left for after their answer, at once: repository saves
+        // (replicas) and source tarballs.
+        let (saved, archived) = tokio::join!(
+            self.git.wait_for_saves(grace),
+            self.pipeline.archives.wait(grace)
+        );
+        if !saved {
+            tracing::warn!(
+                "repository saves still running at exit; the next push of those apps saves again"
+            );
+        }
+        if !archived {
             tracing::warn!("source tarballs still being stored at exit; they are lost");
         }
         shutdown.abort.cancel();

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admission::{Admission, AppLock, Refusal, Shutdown};
 use deis_pipeline::push::PushRunner;
@@ -120,6 +121,8 @@ pub struct GitServer {
     runner: Option<Arc<dyn PushRunner>>,
     /// Repositories saved to the shared store (replicas on S3).
     saved: Option<SavedRepos>,
+    /// Saves running after their pushes were answered; a graceful stop waits for them.
+    saving: TaskTracker,
 }
 
 impl GitServer {
@@ -138,7 +141,18 @@ impl GitServer {
             admission,
             runner: None,
             saved: None,
+            saving: TaskTracker::new(),
         }
+    }
+
+    /// Waits up to `limit` for the repository saves under way; false when some still run.
+    pub async fn wait_for_saves(&self, limit: Duration) -> bool {
+        self.saving.close();
+        let done = tokio::time::timeout(limit, self.saving.wait())
+            .await
+            .is_ok();
+        self.saving.reopen();
+        done
     }
 
     /// Replicas: repositories are saved to the shared store after each push that moved
@@ -301,7 +315,7 @@ impl GitServer {
         } else if let Some(saved) = self.saved.clone() {
             // After the client has its answer, still under the app's lock.
             let app = app.clone();
-            tokio::spawn(async move {
+            self.saving.spawn(async move {
                 let _locked = lock;
                 if let Err(error) = saved.save(&app, &git_dir).await {
                     tracing::warn!(%app, %error, "cannot save the push's git objects to storage");
