@@ -298,7 +298,7 @@ class Builder:
     def deployed_events(self) -> list:
         return self.events("deployed")
 
-    def wait_archived(self, pushes: int, timeout: float = 300):
+    def wait_after_push(self, pushes: int, timeout: float = 300):
         """Waits until the work of `pushes` deployed pushes that runs after the answer is
         done (or failed): the source tarball, and on S3 the repository save. It must not
         overlap what is timed next."""
@@ -344,6 +344,8 @@ class Sshd:
     """Debian's OpenSSH sshd on a loopback port with its own config, host key and keys."""
 
     def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.receives = 0
         # Each figure that needs one starts its own (#1, #9).
         self.dir = Path(tempfile.mkdtemp(prefix="sshd.", dir=ctx.work))
         host_key = self.dir / "ssh_host_ed25519_key"
@@ -385,6 +387,21 @@ LogLevel ERROR
                 if time.monotonic() > deadline:
                     raise RuntimeError("sshd does not listen")
                 time.sleep(0.1)
+
+    def receive(self, repo: Path, refspec: str) -> float:
+        """The baseline receive: `git push` of `repo` over this sshd into a bare repo made
+        just before (not timed) and removed after; returns the push's seconds."""
+        self.receives += 1
+        bare = self.dir / f"bare{self.receives}.git"
+        subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True, env=self.ctx.git_env)
+        try:
+            ok, seconds, output = self.ctx.push(repo, f"ssh://{self.user}@127.0.0.1:{self.port}{bare}",
+                                                refspec, self.port, 600)
+        finally:
+            shutil.rmtree(bare, ignore_errors=True)
+        if not ok:
+            raise RuntimeError(f"baseline push failed:\n{output}")
+        return seconds
 
     def stop(self):
         if self.proc.poll() is None:
@@ -474,17 +491,11 @@ def bench_receive(ctx: Context, runs: int) -> Figure:
     ours, baseline = [], []
     try:
         for run in range(runs + 1):
-            bare = ctx.work / "bare" / f"r{run}.git"
-            subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True, env=ctx.git_env)
-            ok, base_s, output = ctx.push(repo, f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{bare}",
-                                          "HEAD:refs/heads/bench", sshd.port, 600)
-            if not ok:
-                raise RuntimeError(f"baseline push failed:\n{output}")
+            base_s = sshd.receive(repo, "HEAD:refs/heads/bench")
             ok, ours_s, output = ctx.push(repo, builder.remote(f"recv{run}"), "HEAD:refs/heads/bench",
                                           builder.ssh_port, 600)
             if ok or "only the master or main branch deploys" not in output:
                 raise RuntimeError(f"push to the builder was not refused by its hook as expected:\n{output}")
-            shutil.rmtree(bare, ignore_errors=True)
             if run == 0:
                 continue  # warm-up: page cache, first ssh connections
             log(f"#1 run {run}: ours {ours_s:.2f}s, baseline {base_s:.2f}s")
@@ -510,7 +521,7 @@ def bench_end_to_end(ctx: Context, runs: int, s3: bool):
             ok, seconds, output = ctx.push(app_dir, builder.remote("e2e"), "master", builder.ssh_port, 300)
             if not ok or "deployed" not in output:
                 raise RuntimeError(f"end-to-end push failed:\n{output}\n{builder.log_tail()}")
-            builder.wait_archived(run + 1)
+            builder.wait_after_push(run + 1)
             if run:
                 times.append(seconds)
                 log(f"#4{' (S3)' if s3 else ''} run {run}: {seconds:.2f}s")
@@ -653,7 +664,7 @@ def bench_big(ctx: Context, runs: int, s3: bool) -> Figure:
             sampler = RssSampler(builder.proc.pid)
             ok, seconds, output = ctx.push(repo, builder.remote(f"big{run}"), "master", builder.ssh_port, 1800)
             if ok:
-                builder.wait_archived(1, 1800)  # its upload counts for the memory peak too
+                builder.wait_after_push(1, 1800)  # its upload counts for the memory peak too
             sampler.stop()
             peak = builder.peak_rss_mib()
             events = builder.deployed_events()
@@ -764,7 +775,7 @@ def bench_small_push(ctx: Context, runs: int) -> Figure:
                                                builder.ssh_port, 300)
                 if not ok or "deployed" not in output:
                     raise RuntimeError(f"small push failed ({mode}):\n{output}\n{builder.log_tail()}")
-                builder.wait_archived(run + 1)
+                builder.wait_after_push(run + 1)
                 if run:
                     times[mode].append(seconds)
             if run:
@@ -814,13 +825,7 @@ def bench_beyond_receive(ctx: Context, runs: int) -> Figure:
     baseline, events = [], {mode: [] for mode in modes}
     try:
         for run in range(runs + 1):
-            bare = ctx.work / "bare-beyond" / f"r{run}.git"
-            subprocess.run(["git", "init", "-q", "--bare", str(bare)], check=True, env=ctx.git_env)
-            ok, receive_s, output = ctx.push(repo, f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{bare}",
-                                             "HEAD:refs/heads/master", sshd.port, 600)
-            if not ok:
-                raise RuntimeError(f"baseline receive failed:\n{output}")
-            shutil.rmtree(bare, ignore_errors=True)
+            receive_s = sshd.receive(repo, "HEAD:refs/heads/master")
             pushed = {}
             for mode in modes:
                 builder = builders[mode]
@@ -829,7 +834,7 @@ def bench_beyond_receive(ctx: Context, runs: int) -> Figure:
                 if not ok or "deployed" not in output:
                     raise RuntimeError(f"push failed ({mode}):\n{output}\n{builder.log_tail()}")
                 pushed[mode] = seconds
-                builder.wait_archived(run + 1)
+                builder.wait_after_push(run + 1)
             started = time.perf_counter()
             subprocess.run(f"tar -cz -C {shlex.quote(str(tree))} . | "
                            f"{' '.join(map(shlex.quote, aws))} cp - s3://{bucket}/run{run}.tgz",
