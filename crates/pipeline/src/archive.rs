@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::source::Source;
+use crate::BuildError;
 use deis_storage::ObjectStore;
 use deis_types::names::CommitId;
 
@@ -83,11 +84,8 @@ impl Archive {
     async fn upload(self) {
         let started = Instant::now();
         let stored = async {
-            let tar = self.source.archive(&self.commit)?;
-            let mut body = StreamReader::new(tar);
-            Ok::<u64, Box<dyn std::error::Error + Send + Sync>>(
-                self.store.put(&self.key, &mut body).await?,
-            )
+            let mut body = StreamReader::new(self.source.archive(&self.commit)?);
+            Ok::<u64, BuildError>(self.store.put(&self.key, &mut body).await?)
         }
         .await;
         match stored {
